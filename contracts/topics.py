@@ -1,0 +1,94 @@
+"""The topic catalogue: the one place that names every topic, its key, its model and how it is kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from contracts import events as ev
+from contracts.base import Event
+
+MAX_EVENT_BYTES = 512 * 1024
+"""Larger values are dead-lettered unread; the broker itself accepts up to 2 MiB so they can be kept there."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    model: type[Event]
+    key: Callable[[Event], str]
+    key_doc: str
+    produced_by: str
+    compacted: bool = False
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+    @property
+    def cleanup_policy(self) -> Literal["compact", "delete"]:
+        return "compact" if self.compacted else "delete"
+
+    def key_of(self, event: Event) -> str:
+        return self.key(event)
+
+
+def _by(field: str) -> Callable[[Event], str]:
+    return lambda e: str(getattr(e, field))
+
+
+def _shop_sku(e: Event) -> str:
+    return f"{e.shop_id}/{e.sku}"  # type: ignore[attr-defined]
+
+
+CART_UPDATED = TopicSpec("cart.updated", ev.CartUpdated, _by("cart_id"), "cart_id", "storefront")
+CHECKOUT_STARTED = TopicSpec("checkout.started", ev.CheckoutStarted, _by("cart_id"), "cart_id", "storefront")
+ORDER_PLACED = TopicSpec("order.placed", ev.OrderPlaced, _by("order_id"), "order_id", "storefront")
+PAYMENT_CONFIRMED = TopicSpec(
+    "payment.confirmed", ev.PaymentConfirmed, _by("order_id"), "order_id", "payment gateway"
+)
+STOCK_ADJUSTED = TopicSpec("stock.adjusted", ev.StockAdjusted, _shop_sku, "shop_id/sku", "back office")
+SHOP_SETTINGS = TopicSpec(
+    "shop.settings", ev.ShopSettings, _by("shop_id"), "shop_id", "back office", compacted=True
+)
+ORDER_CANCEL_REQUESTED = TopicSpec(
+    "order.cancel_requested", ev.OrderCancelRequested, _by("order_id"), "order_id", "storefront"
+)
+ORDER_STATUS = TopicSpec("order.status", ev.OrderStatusChanged, _by("order_id"), "order_id", "orders")
+ORDER_MESSAGE = TopicSpec("order.message", ev.CustomerMessageRequested, _by("order_id"), "order_id", "orders")
+INVENTORY_LEVELS = TopicSpec(
+    "inventory.levels", ev.InventoryLevel, _shop_sku, "shop_id/sku", "inventory", compacted=True
+)
+INVENTORY_DEDUCTIONS = TopicSpec(
+    "inventory.deductions", ev.InventoryDeduction, _by("order_id"), "order_id", "inventory"
+)
+CHECKOUT_ABANDONED = TopicSpec(
+    "checkout.abandoned", ev.CheckoutAbandoned, _by("cart_id"), "cart_id", "cart"
+)
+
+INPUTS: tuple[TopicSpec, ...] = (
+    CART_UPDATED,
+    CHECKOUT_STARTED,
+    ORDER_PLACED,
+    PAYMENT_CONFIRMED,
+    STOCK_ADJUSTED,
+    SHOP_SETTINGS,
+    ORDER_CANCEL_REQUESTED,
+)
+OUTPUTS: tuple[TopicSpec, ...] = (
+    ORDER_STATUS,
+    ORDER_MESSAGE,
+    INVENTORY_LEVELS,
+    INVENTORY_DEDUCTIONS,
+    CHECKOUT_ABANDONED,
+)
+ALL: tuple[TopicSpec, ...] = INPUTS + OUTPUTS
+BY_NAME: dict[str, TopicSpec] = {t.name: t for t in ALL}
+BY_MODEL: dict[type[Event], TopicSpec] = {t.model: t for t in ALL}
+
+
+def spec_for(model_or_name: type[Event] | str) -> TopicSpec:
+    if isinstance(model_or_name, str):
+        return BY_NAME[model_or_name]
+    return BY_MODEL[model_or_name]

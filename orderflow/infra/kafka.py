@@ -1,0 +1,294 @@
+"""A real single-node Kafka broker (KRaft, broker+controller) run from Maven Central jars with the machine's Java.
+
+No Docker engine exists on the development and CI machines, so the broker runs as a plain JVM process. The jars are
+fetched once into a cache outside the repository; each start uses fresh ports and its own data folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orderflow.infra.ports import LOCALHOST, InfraError, ProcRef, free_port, run_coro, tail, wait_until
+
+KAFKA_VERSION = "4.3.1"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+START_TIMEOUT = 90.0
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "orderflow" / f"kafka-{KAFKA_VERSION}"
+
+
+def libs_dir() -> Path:
+    return cache_dir() / "libs"
+
+
+def ensure_jars() -> Path:
+    """Fetch the broker's jars with Maven once; a download is only taken as done after an atomic rename."""
+    libs = libs_dir()
+    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        return libs
+    if not shutil.which("mvn"):
+        raise InfraError("Maven (mvn) is needed to fetch the Kafka jars: apt-get install -y maven")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="libs-partial-", dir=libs.parent))
+    try:
+        subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={staging}"],
+            check=True,
+        )
+        if not (staging / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+            raise InfraError(f"mvn finished but kafka_2.13-{KAFKA_VERSION}.jar is missing from {staging}")
+        if libs.exists():  # another run finished first
+            shutil.rmtree(staging)
+        else:
+            staging.rename(libs)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return libs
+
+
+def _cluster_id() -> str:
+    """Kafka's cluster id format: a UUID as URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+_LOG4J2 = """\
+status = warn
+name = orderflow-kafka
+shutdownHook = disable
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.append = true
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = WARN
+"""
+
+
+@dataclass
+class KafkaHandle:
+    """One local broker: its ports, folders and process. `restart()` keeps ports and data (for fault tests)."""
+
+    run_dir: Path
+    port: int
+    controller_port: int
+    data_dir: Path
+    proc: ProcRef | None = None
+    started_in: float | None = None
+    _popen: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOCALHOST}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "kafka.log"
+
+    @property
+    def stdout_file(self) -> Path:
+        return self.run_dir / "kafka.out"
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / "server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.run_dir / "kafka-log4j2.properties"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        java = shutil.which("java")
+        if not java:
+            raise InfraError("Java 17 is needed to run the Kafka broker: apt-get install -y openjdk-17-jre-headless")
+        return [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.log4j_file}", "-cp", str(libs_dir() / "*"), main, *args]
+
+    def _write_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"{LOCALHOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{LOCALHOST}:{self.port},CONTROLLER://{LOCALHOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOCALHOST}:{self.port},CONTROLLER://{LOCALHOST}:{self.controller_port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.partitions": "8",
+            "auto.create.topics.enable": "false",
+            "message.max.bytes": str(MAX_MESSAGE_BYTES),
+            "replica.fetch.max.bytes": str(MAX_MESSAGE_BYTES),
+            "log.dirs": str(self.data_dir),
+            "log.retention.hours": "168",
+        }
+        self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.log4j_file.write_text(_LOG4J2.format(log=self.log_file))
+
+    def _format_storage(self) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.config_file),
+                         "--standalone")
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise InfraError(f"kafka storage format failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self, timeout: float = START_TIMEOUT) -> KafkaHandle:
+        """Start the JVM detached and return once a metadata request answers with a registered broker."""
+        if self.alive():
+            return self
+        begun = time.monotonic()
+        ensure_jars()
+        self._write_config()
+        self._format_storage()
+        with open(self.stdout_file, "ab") as out:
+            self._popen = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.config_file)),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=self.run_dir,
+            )
+        self.proc = ProcRef.of(self._popen.pid)
+
+        def died() -> str | None:
+            if self._popen is not None and self._popen.poll() is not None:
+                return (f"broker exited with code {self._popen.returncode}; see {self.log_file}\n"
+                        f"{tail(self.stdout_file)}\n{tail(self.log_file)}")
+            return None
+
+        try:
+            wait_until(lambda: broker_ready(self.bootstrap), timeout=timeout, interval=0.2,
+                       what=f"Kafka broker at {self.bootstrap} (log: {self.log_file})", abort=died)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - begun
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a clean controlled shutdown), then SIGKILL if it hangs; no JVM is left behind."""
+        if self.proc is not None:
+            self.proc.stop(timeout=timeout)
+        if self._popen is not None:
+            self._popen.wait()
+            self._popen = None
+
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): for tests of what survives an unclean stop."""
+        import signal
+
+        if self.proc is not None:
+            self.proc.stop(sig=signal.SIGKILL)
+        if self._popen is not None:
+            self._popen.wait()
+            self._popen = None
+
+    def restart(self, timeout: float = START_TIMEOUT) -> KafkaHandle:
+        """Same ports, same data: clients reconnect to the address they know and find their offsets."""
+        self.stop()
+        return self.start(timeout=timeout)
+
+    def to_state(self) -> dict:
+        return {
+            "bootstrap": self.bootstrap, "port": self.port, "controller_port": self.controller_port,
+            "run_dir": str(self.run_dir), "data_dir": str(self.data_dir), "log": str(self.log_file),
+            "process": self.proc.to_state() if self.proc else None, "started_in": self.started_in,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> KafkaHandle:
+        proc = ProcRef.from_state(state["process"]) if state.get("process") else None
+        return cls(Path(state["run_dir"]), int(state["port"]), int(state["controller_port"]),
+                   Path(state["data_dir"]), proc, state.get("started_in"))
+
+
+async def _describe(bootstrap: str, timeout_ms: int) -> dict:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        await admin.start()
+        return await admin.describe_cluster()
+    finally:
+        await admin.close()
+
+
+def broker_ready(bootstrap: str, timeout_ms: int = 3000) -> bool:
+    """Ready = a metadata request answers and lists at least one broker (so topic creation will work)."""
+    import logging
+
+    # aiokafka logs every refused connection at ERROR while the JVM is still starting; that noise says nothing.
+    logger = logging.getLogger("aiokafka")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        info = run_coro(_describe(bootstrap, timeout_ms))
+    finally:
+        logger.setLevel(previous)
+    return bool(info.get("brokers"))
+
+
+def start(run_dir: Path | str, *, port: int | None = None, controller_port: int | None = None,
+          timeout: float = START_TIMEOUT) -> KafkaHandle:
+    """Start a fresh broker whose config, logs and data live under run_dir."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    controller_port = controller_port or free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    handle = KafkaHandle(run_dir, port, controller_port, run_dir / "kafka-data")
+    return handle.start(timeout=timeout)
+
+
+def main() -> None:
+    """`python -m orderflow.infra.kafka [RUN_DIR]`: start a broker, print its address and start time, stop on Enter."""
+    import sys
+
+    run_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="orderflow-kafka-"))
+    handle = start(run_dir)
+    print(json.dumps({"bootstrap": handle.bootstrap, "started_in_s": round(handle.started_in or 0, 2)}))
+    try:
+        input("broker running; press Enter to stop\n")
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        handle.stop()
+
+
+if __name__ == "__main__":
+    main()

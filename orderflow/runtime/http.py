@@ -1,0 +1,131 @@
+"""Each service's HTTP surface (aiohttp): JSON errors, bearer-token auth, /health and /metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, TypeVar
+from uuid import UUID
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """Raised by a handler to answer `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=_default))
+
+
+def error(status: int, message: str) -> web.Response:
+    return json_response({"error": message}, status=status)
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    """The request body as `model`, or a 400 naming what is wrong."""
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(400, f"{where}: {first['msg']}") from None
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason or "error")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+
+def bearer_auth(token: str, handler: Handler) -> Handler:
+    """A missing or wrong token is 401; the comparison takes constant time."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return error(401, "missing or wrong bearer token")
+        return await handler(request)
+
+    return guarded
+
+
+class HttpSurface:
+    def __init__(self, port: int, token: str, health: Callable[[], Awaitable[dict[str, Any]]],
+                 metrics: Callable[[], bytes]) -> None:
+        self.port = port
+        self.token = token
+        self.app = web.Application(middlewares=[_json_errors], client_max_size=2 * 1024 * 1024)
+        self._runner: web.AppRunner | None = None
+        self._health = health
+        self._metrics = metrics
+        self.app.router.add_get("/health", self._get_health)
+        self.app.router.add_get("/metrics", self._get_metrics)
+
+    def route(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
+        self.app.router.add_route(method, path, bearer_auth(self.token, handler) if auth else handler)
+
+    async def _get_health(self, request: web.Request) -> web.Response:
+        report = await self._health()
+        return json_response(report, status=200 if report.get("ready") else 503)
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8")
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "0.0.0.0", self.port, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - to learn port 0's pick
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("HTTP on port %s", self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,33 @@
+"""Prometheus metrics every service has; a service adds its own to the same registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class RuntimeMetrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("orderflow_events_in_total", "Events consumed, by topic", ["topic"], registry=r)
+        self.dead_letters = Counter(
+            "orderflow_dead_letters_total", "Events sent to a DLQ, by source topic and kind", ["topic", "kind"],
+            registry=r,
+        )
+        self.handler_seconds = Histogram(
+            "orderflow_handler_seconds", "Time to apply one batch, by topic", ["topic"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.batch_size = Histogram(
+            "orderflow_batch_size", "Events per batch, by topic", ["topic"], registry=r,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+        )
+        self.retries = Counter("orderflow_handler_retries_total", "Batches retried after a transient error",
+                               ["topic"], registry=r)
+        self.outbox_published = Counter("orderflow_outbox_published_total", "Events relayed to Kafka", registry=r)
+        self.outbox_depth = Gauge("orderflow_outbox_depth", "Events staged but not yet relayed", registry=r)
+        self.info = Gauge("orderflow_service_info", "Which service this is", ["service"], registry=r)
+        self.info.labels(service=service).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

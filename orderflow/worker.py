@@ -1,0 +1,44 @@
+"""`python -m orderflow.worker SERVICE [--data-dir D]`: runs one worker of one service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orderflow worker", description="Run one worker of one service.")
+    parser.add_argument("service")
+    parser.add_argument("--data-dir", help="this worker's own folder for its RocksDB tables")
+    parser.add_argument("--http-port", type=int, help="overrides the service's <SERVICE>_HTTP_PORT")
+    args = parser.parse_args(argv)
+
+    import faust
+
+    from orderflow.services import get
+    from orderflow.settings import SettingsError, load_settings
+
+    try:
+        spec = get(args.service)
+    except KeyError as exc:
+        print(f"orderflow worker: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.data_dir:
+        os.environ["ORDERFLOW_DATA_DIR"] = args.data_dir
+    if args.http_port is not None:
+        os.environ[spec.port_env] = str(args.http_port)
+    try:
+        settings = load_settings(spec.name, spec.port_env, spec.default_port)
+        runtime = spec.build(settings)
+    except SettingsError as exc:
+        print(f"orderflow-{args.service}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    level = runtime.settings.log_level
+    worker = faust.Worker(runtime.app, runtime, loglevel=level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
