@@ -1,0 +1,1 @@
+"""Orders: the order lifecycle, the back office and order.status."""

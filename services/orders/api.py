@@ -1,0 +1,176 @@
+"""The back-office HTTP API (DESIGN.md, "Back office HTTP API"). Every route needs the bearer token.
+
+A refused change is 409 with the reason; repeating a change the order already has is 200 with `"changed": false`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiohttp import web
+from pydantic import Field, ValidationError
+
+from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
+from contracts.base import Email, LongText, Model, Text
+from orderflow.runtime import outbox
+from orderflow.runtime.http import ApiError, json_response, read_json
+from services.orders import core
+from services.orders import repository as repo
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from orderflow.runtime.app import Runtime
+    from services.orders.service import Orders
+
+MAX_PER_PAGE = 200
+
+
+class StatusBody(Model):
+    status: OrderStatus
+
+
+class PaymentBody(Model):
+    status: Literal["paid"]
+
+
+class MessageBody(Model):
+    text: LongText
+
+
+class ShopBody(Model):
+    name: Text = Field(min_length=1)
+    merchant_email: Email
+    abandon_after_seconds: int | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    ignore_incomplete_orders: bool = True
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def stock_by_line(order: repo.Order, outcomes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each ordered line with what inventory moved for it: deducted, short (asked but not there), returned."""
+    deducted = {line["sku"]: line for line in outcomes.get("deducted", [])}
+    returned = {line["sku"]: line for line in outcomes.get("returned", [])}
+    lines = []
+    for item in order.items:
+        d = deducted.get(item["sku"])
+        r = returned.get(item["sku"])
+        lines.append({
+            "sku": item["sku"], "quantity": item["quantity"],
+            "deducted": d["moved"] if d else None,
+            "shortfall": d["asked"] - d["moved"] if d else None,
+            "returned": r["moved"] if r else None,
+        })
+    return lines
+
+
+async def order_view(conn: asyncpg.Connection | asyncpg.Pool, order: repo.Order) -> dict[str, Any]:
+    stock = stock_by_line(order, await repo.stock_outcomes(conn, order.order_id))
+    return {
+        **order.summary(),
+        "history": await repo.history(conn, order.order_id),
+        "stock": stock,
+        "payments": await repo.payments(conn, order.order_id),
+        "cancel_requests": await repo.cancel_requests(conn, order.order_id),
+        "flags": {"payment_mismatch": order.payment_mismatch,
+                  "stock_shortfall": any((line["shortfall"] or 0) > 0 for line in stock)},
+    }
+
+
+def add_routes(rt: Runtime, orders: Orders) -> None:
+    async def list_orders(request: web.Request) -> web.Response:
+        tab = request.query.get("tab", "pending")
+        if tab not in repo.TABS:
+            raise ApiError(400, f"tab must be one of {', '.join(repo.TABS)}")
+        page = _int_param(request, "page", 1, 1, 1_000_000)
+        per_page = _int_param(request, "per_page", 50, 1, MAX_PER_PAGE)
+        q = request.query.get("q", "").strip() or None
+        shop_id = request.query.get("shop_id") or None
+        found, total, counts = await repo.list_orders(await rt.pool(), tab, q, shop_id, page, per_page)
+        return json_response({"orders": [o.summary() for o in found], "total": total, "page": page,
+                              "per_page": per_page, "counts": counts})
+
+    async def get_order(request: web.Request) -> web.Response:
+        pool = await rt.pool()
+        order = await repo.get_order(pool, request.match_info["order_id"])
+        if order is None:
+            raise ApiError(404, "no such order")
+        return json_response(await order_view(pool, order))
+
+    async def change(request: web.Request, decide: Any) -> web.Response:
+        """Lock the order, let the core decide, write; 409 with the reason when refused."""
+        pool = await rt.pool()
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                order = await repo.lock_order(conn, request.match_info["order_id"])
+                if order is None:
+                    raise ApiError(404, "no such order")
+                decision: core.Decision = decide(order.state)
+                if decision.refused:
+                    return json_response({"error": decision.refused, "status": order.state.status,
+                                          "payment_status": order.state.payment_status}, status=409)
+                order = await repo.apply(conn, order, decision)
+            orders.count([decision])
+            rt.outbox.wake()
+            return json_response({**await order_view(conn, order), "changed": bool(decision.changes)})
+
+    async def set_status(request: web.Request) -> web.Response:
+        body = await read_json(request, StatusBody)
+        return await change(request, lambda state: core.merchant_set_status(state, body.status))
+
+    async def set_payment(request: web.Request) -> web.Response:
+        await read_json(request, PaymentBody)
+        return await change(request, core.mark_paid)
+
+    async def send_message(request: web.Request) -> web.Response:
+        body = await read_json(request, MessageBody)
+        pool = await rt.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            order = await repo.get_order(conn, request.match_info["order_id"])
+            if order is None:
+                raise ApiError(404, "no such order")
+            message_id = uuid.uuid4().hex
+            await outbox.stage(conn, [CustomerMessageRequested(
+                event_id=derived_event_id("order.message", order.order_id, message_id), occurred_at=now(),
+                shop_id=order.shop_id, order_id=order.order_id, message_id=message_id, text=body.text,
+                customer=order.customer,
+            )])
+        rt.outbox.wake()
+        return json_response({"message_id": message_id, "order_id": order.order_id}, status=202)
+
+    async def put_shop(request: web.Request) -> web.Response:
+        body = await read_json(request, ShopBody)
+        shop_id = request.match_info["shop_id"]
+        try:
+            settings = ShopSettings(event_id=uuid.uuid4(), occurred_at=now(), shop_id=shop_id,
+                                    **body.model_dump())
+        except ValidationError as exc:
+            raise ApiError(400, f"shop_id: {exc.errors()[0]['msg']}") from None
+        pool = await rt.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            version = await repo.upsert_shop(conn, settings, bump_version=True)
+            if not version:
+                raise ApiError(409, "newer settings for this shop are already stored")
+            settings = settings.model_copy(update={"event_id": derived_event_id("shop.settings", shop_id, version)})
+            await outbox.stage(conn, [settings])
+        rt.outbox.wake()
+        return json_response(settings.model_dump(mode="json", exclude={"event_id", "occurred_at"}))
+
+    rt.http.route("GET", "/orders", list_orders)
+    rt.http.route("GET", "/orders/{order_id}", get_order)
+    rt.http.route("POST", "/orders/{order_id}/status", set_status)
+    rt.http.route("POST", "/orders/{order_id}/payment", set_payment)
+    rt.http.route("POST", "/orders/{order_id}/messages", send_message)
+    rt.http.route("PUT", "/shops/{shop_id}", put_shop)

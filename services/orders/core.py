@@ -1,0 +1,136 @@
+"""The order state machine: pure rules, no I/O (DESIGN.md, "Order and payment rules").
+
+Every function takes the order's current state and answers a `Decision`: the new state, the history entries the
+change makes (none for a no-op), or a refusal with a reason a merchant can read. The caller persists the entries
+and emits one `order.status` per entry; a no-op writes and emits nothing.
+
+Choices where DESIGN.md is silent:
+- A payment whose amount or currency differs from the order is recorded and flags the order (`payment_mismatch`);
+  it changes no status, so it never commits an order (no stock deducted): the merchant checks and marks it paid.
+- A payment for a canceled order is recorded and changes nothing.
+- Marking an incomplete order paid (the merchant got the money another way) commits it: pending/paid.
+- A customer's cancel is honoured while the order is incomplete or pending; after that it is refused and recorded.
+- A merchant cannot cancel an incomplete order (DESIGN.md: only pending or processed); it stays out of the lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from contracts import ChangedBy, OrderStatus, PaymentStatus
+
+PaymentMethod = Literal["gateway", "manual"]
+
+MERCHANT_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.PROCESSED, OrderStatus.CANCELED}),
+    OrderStatus.PROCESSED: frozenset({OrderStatus.DELIVERED, OrderStatus.CANCELED}),
+}
+"""Where a merchant may move an order from each status; a status missing here is final for the merchant."""
+
+CUSTOMER_CANCELABLE = frozenset({OrderStatus.INCOMPLETE, OrderStatus.PENDING})
+
+
+@dataclass(frozen=True)
+class OrderState:
+    status: OrderStatus
+    payment_status: PaymentStatus
+
+
+@dataclass(frozen=True)
+class Change:
+    """One history row and one `order.status` event. `before` is None for the placement."""
+
+    before: OrderState | None
+    after: OrderState
+    changed_by: ChangedBy
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: OrderState
+    changes: tuple[Change, ...] = ()
+    refused: str | None = None
+    payment_mismatch: bool = False
+    """Set when a payment did not match the order: record it, flag the order, change nothing else."""
+
+    @property
+    def noop(self) -> bool:
+        return not self.changes and self.refused is None
+
+
+@dataclass(frozen=True)
+class PaymentFacts:
+    amount_cents: int
+    currency: str
+
+
+def _changed(before: OrderState | None, after: OrderState, by: ChangedBy, reason: str) -> Decision:
+    return Decision(after, (Change(before, after, by, reason),))
+
+
+def payment_matches(payment: PaymentFacts, total_cents: int, currency: str) -> bool:
+    return payment.amount_cents == total_cents and payment.currency == currency
+
+
+def place(method: PaymentMethod, shop_ignores_incomplete: bool, paid_already: bool) -> Decision:
+    """The first state of a new order. `paid_already`: a matching payment.confirmed arrived before the order."""
+    if paid_already:
+        return _changed(None, OrderState(OrderStatus.PENDING, PaymentStatus.PAID), ChangedBy.SYSTEM,
+                        "order placed, payment already confirmed")
+    if method == "gateway" and shop_ignores_incomplete:
+        return _changed(None, OrderState(OrderStatus.INCOMPLETE, PaymentStatus.INCOMPLETE), ChangedBy.SYSTEM,
+                        "order placed, waiting for the payment gateway")
+    return _changed(None, OrderState(OrderStatus.PENDING, PaymentStatus.AWAITING), ChangedBy.SYSTEM,
+                    "order placed, awaiting payment")
+
+
+def _paid(state: OrderState, by: ChangedBy, reason: str) -> Decision:
+    if state.status == OrderStatus.CANCELED:
+        return Decision(state, refused="the order is canceled; a payment cannot reopen it")
+    if state.payment_status == PaymentStatus.PAID:
+        return Decision(state)
+    status = OrderStatus.PENDING if state.status == OrderStatus.INCOMPLETE else state.status
+    return _changed(state, OrderState(status, PaymentStatus.PAID), by, reason)
+
+
+def confirm_payment(state: OrderState, payment: PaymentFacts, total_cents: int, currency: str) -> Decision:
+    """A gateway's payment.confirmed for a placed order. The first matching one commits it; others are no-ops."""
+    if not payment_matches(payment, total_cents, currency):
+        return Decision(state, payment_mismatch=True,
+                        refused=f"payment of {payment.amount_cents} {payment.currency} does not match the order "
+                                f"total of {total_cents} {currency}")
+    return _paid(state, ChangedBy.SYSTEM, "payment confirmed by the gateway")
+
+
+def mark_paid(state: OrderState) -> Decision:
+    """The merchant marks the order paid (a cheque arrived). Never touches stock by itself."""
+    return _paid(state, ChangedBy.MERCHANT, "marked paid by the merchant")
+
+
+def merchant_set_status(state: OrderState, target: OrderStatus) -> Decision:
+    """pending → processed → delivered; pending or processed → canceled; the same status again is a no-op."""
+    if target == state.status:
+        return Decision(state)
+    allowed = MERCHANT_TRANSITIONS.get(state.status, frozenset())
+    if target not in allowed:
+        if state.status == OrderStatus.INCOMPLETE:
+            why = "the order is incomplete (its payment was never confirmed)"
+        elif not allowed:
+            why = f"a {state.status.value} order is final"
+        else:
+            why = f"a {state.status.value} order can only become " + " or ".join(sorted(s.value for s in allowed))
+        return Decision(state, refused=f"cannot change {state.status.value} to {target.value}: {why}")
+    return _changed(state, OrderState(target, state.payment_status), ChangedBy.MERCHANT,
+                    f"set to {target.value} by the merchant")
+
+
+def customer_cancel(state: OrderState, reason: str | None = None) -> Decision:
+    """A customer's order.cancel_requested: honoured while the order is incomplete or pending."""
+    if state.status == OrderStatus.CANCELED:
+        return Decision(state)
+    if state.status not in CUSTOMER_CANCELABLE:
+        return Decision(state, refused=f"the order is already {state.status.value}; too late to cancel")
+    why = f"canceled by the customer: {reason}" if reason else "canceled by the customer"
+    return _changed(state, OrderState(OrderStatus.CANCELED, state.payment_status), ChangedBy.CUSTOMER, why)

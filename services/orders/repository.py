@@ -1,0 +1,284 @@
+"""SQL over asyncpg for the orders schema. Every write is keyed, so applying the same input twice changes nothing.
+
+Changes to one order are serialised by `lock_order` (a transaction-scoped advisory lock on the order id, then the
+row `FOR UPDATE`): the stream handlers and the HTTP API may touch the same order at once, and a payment may race
+its own order.placed; the lock exists even before the row does, so a held payment is never missed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from contracts import (
+    Customer,
+    InventoryDeduction,
+    OrderItem,
+    OrderPlaced,
+    OrderStatus,
+    OrderStatusChanged,
+    Payment,
+    PaymentConfirmed,
+    PaymentStatus,
+    ShopSettings,
+    derived_event_id,
+    now,
+)
+from orderflow.runtime import outbox
+from services.orders.core import Decision, OrderState, PaymentFacts
+
+TABS: dict[str, tuple[str, ...]] = {
+    "pending": (OrderStatus.PENDING.value, OrderStatus.PROCESSED.value),
+    "closed": (OrderStatus.DELIVERED.value, OrderStatus.CANCELED.value),
+    "incomplete": (OrderStatus.INCOMPLETE.value,),
+}
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    shop_id: str
+    cart_id: str | None
+    customer: dict[str, Any]
+    items: list[dict[str, Any]]
+    total_cents: int
+    currency: str
+    payment_method: str
+    payment_provider: str
+    state: OrderState
+    payment_mismatch: bool
+    placed_at: datetime
+    updated_at: datetime
+    version: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Order:
+        return cls(
+            order_id=row["order_id"], shop_id=row["shop_id"], cart_id=row["cart_id"],
+            customer=json.loads(row["customer"]), items=json.loads(row["items"]), total_cents=row["total_cents"],
+            currency=row["currency"], payment_method=row["payment_method"],
+            payment_provider=row["payment_provider"],
+            state=OrderState(OrderStatus(row["status"]), PaymentStatus(row["payment_status"])),
+            payment_mismatch=row["payment_mismatch"], placed_at=row["placed_at"], updated_at=row["updated_at"],
+            version=row["version"],
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id, "shop_id": self.shop_id, "cart_id": self.cart_id, "customer": self.customer,
+            "items": self.items, "total_cents": self.total_cents, "currency": self.currency,
+            "payment": {"method": self.payment_method, "provider": self.payment_provider},
+            "status": self.state.status.value, "payment_status": self.state.payment_status.value,
+            "payment_mismatch": self.payment_mismatch, "placed_at": self.placed_at, "updated_at": self.updated_at,
+        }
+
+
+# --- orders and their changes ----------------------------------------------------------------------------------
+
+
+async def lock_order(conn: asyncpg.Connection, order_id: str) -> Order | None:
+    """Take the order's lock for this transaction and load it (None when it was not placed yet)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('orders.order:' || $1, 0))", order_id)
+    row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+    return Order.from_row(row) if row else None
+
+
+async def get_order(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> Order | None:
+    row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+    return Order.from_row(row) if row else None
+
+
+async def insert_order(conn: asyncpg.Connection, event: OrderPlaced, state: OrderState) -> Order:
+    """The order row at version 0; `apply` then writes its placement history row."""
+    row = await conn.fetchrow(
+        """INSERT INTO orders (order_id, shop_id, cart_id, customer, customer_email, customer_name, items,
+                               total_cents, currency, payment_method, payment_provider, status, payment_status,
+                               placed_at)
+           VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14)
+           RETURNING *""",
+        event.order_id, event.shop_id, event.cart_id, event.customer.model_dump_json(exclude_none=True),
+        event.customer.email, event.customer.name,
+        json.dumps([i.model_dump(mode="json") for i in event.items]), event.total_cents, event.currency,
+        event.payment.method, event.payment.provider, state.status.value, state.payment_status.value,
+        event.occurred_at,
+    )
+    return Order.from_row(row)
+
+
+async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> Order:
+    """Write a decision: one history row and one staged `order.status` per change; a no-op writes nothing."""
+    if not decision.changes and not (decision.payment_mismatch and not order.payment_mismatch):
+        return order
+    seq = order.version
+    events: list[OrderStatusChanged] = []
+    at = now()
+    for change in decision.changes:
+        seq += 1
+        before = change.before
+        await conn.execute(
+            """INSERT INTO order_history (order_id, seq, from_status, to_status, from_payment_status,
+                                          to_payment_status, changed_by, reason, at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            order.order_id, seq, before.status.value if before else None, change.after.status.value,
+            before.payment_status.value if before else None, change.after.payment_status.value,
+            change.changed_by.value, change.reason, at,
+        )
+        events.append(OrderStatusChanged(
+            event_id=derived_event_id("order.status", order.order_id, seq), occurred_at=at, shop_id=order.shop_id,
+            order_id=order.order_id, cart_id=order.cart_id, status=change.after.status,
+            payment_status=change.after.payment_status, previous_status=before.status if before else None,
+            previous_payment_status=before.payment_status if before else None, changed_by=change.changed_by,
+            reason=change.reason[:500], customer=Customer.model_validate(order.customer),
+            items=[OrderItem.model_validate(i) for i in order.items], total_cents=order.total_cents,
+            currency=order.currency,
+            payment=Payment(method=order.payment_method, provider=order.payment_provider),  # type: ignore[arg-type]
+        ))
+    row = await conn.fetchrow(
+        """UPDATE orders SET status = $2, payment_status = $3, version = $4,
+                             payment_mismatch = payment_mismatch OR $5, updated_at = now()
+           WHERE order_id = $1 RETURNING *""",
+        order.order_id, decision.state.status.value, decision.state.payment_status.value, seq,
+        decision.payment_mismatch,
+    )
+    await outbox.stage(conn, events)
+    return Order.from_row(row)
+
+
+async def history(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT seq, from_status, to_status, from_payment_status, to_payment_status, changed_by, reason, at
+           FROM order_history WHERE order_id = $1 ORDER BY seq""", order_id)
+    return [dict(r) for r in rows]
+
+
+# --- payments ---------------------------------------------------------------------------------------------------
+
+
+async def record_payment(conn: asyncpg.Connection, event: PaymentConfirmed) -> bool:
+    """Keep the payment by its gateway id; False when that payment was already recorded (a resend)."""
+    row = await conn.fetchrow(
+        """INSERT INTO payments (order_id, payment_id, shop_id, amount_cents, currency, provider)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1""",
+        event.order_id, event.payment_id, event.shop_id, event.amount_cents, event.currency, event.provider,
+    )
+    return row is not None
+
+
+async def held_payments(conn: asyncpg.Connection, order_id: str) -> list[tuple[str, PaymentFacts]]:
+    rows = await conn.fetch(
+        "SELECT payment_id, amount_cents, currency FROM payments WHERE order_id = $1 AND outcome IS NULL "
+        "ORDER BY received_at, payment_id", order_id)
+    return [(r["payment_id"], PaymentFacts(r["amount_cents"], r["currency"])) for r in rows]
+
+
+async def settle_payment(conn: asyncpg.Connection, order_id: str, payment_id: str, applied: bool,
+                         outcome: str) -> None:
+    await conn.execute("UPDATE payments SET applied = $3, outcome = $4 WHERE order_id = $1 AND payment_id = $2",
+                       order_id, payment_id, applied, outcome[:500])
+
+
+async def payments(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT payment_id, amount_cents, currency, provider, received_at, applied, outcome
+           FROM payments WHERE order_id = $1 ORDER BY received_at, payment_id""", order_id)
+    return [dict(r) for r in rows]
+
+
+# --- cancel requests --------------------------------------------------------------------------------------------
+
+
+async def record_cancel_request(conn: asyncpg.Connection, event_id: Any, order_id: str, reason: str | None) -> None:
+    await conn.execute(
+        "INSERT INTO cancel_requests (event_id, order_id, reason) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        event_id, order_id, reason)
+
+
+async def held_cancel_requests(conn: asyncpg.Connection, order_id: str) -> list[tuple[Any, str | None]]:
+    rows = await conn.fetch(
+        "SELECT event_id, reason FROM cancel_requests WHERE order_id = $1 AND outcome IS NULL "
+        "ORDER BY received_at, event_id", order_id)
+    return [(r["event_id"], r["reason"]) for r in rows]
+
+
+async def settle_cancel_request(conn: asyncpg.Connection, event_id: Any, outcome: str) -> None:
+    await conn.execute("UPDATE cancel_requests SET outcome = $2 WHERE event_id = $1", event_id, outcome[:500])
+
+
+async def cancel_requests(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT event_id, reason, received_at, outcome FROM cancel_requests WHERE order_id = $1 "
+        "ORDER BY received_at", order_id)
+    return [dict(r) for r in rows]
+
+
+# --- shops ------------------------------------------------------------------------------------------------------
+
+
+async def shop_ignores_incomplete(conn: asyncpg.Connection, shop_id: str) -> bool:
+    value = await conn.fetchval("SELECT ignore_incomplete_orders FROM shops WHERE shop_id = $1", shop_id)
+    return True if value is None else value
+
+
+async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_version: bool = False) -> int:
+    """Store settings unless newer ones are already there; returns the shop's settings version."""
+    return await conn.fetchval(
+        """INSERT INTO shops (shop_id, name, merchant_email, abandon_after_seconds, ignore_incomplete_orders,
+                              version, occurred_at)
+           VALUES ($1, $2, $3, $4, $5, CASE WHEN $7 THEN 1 ELSE 0 END, $6)
+           ON CONFLICT (shop_id) DO UPDATE SET
+               name = EXCLUDED.name, merchant_email = EXCLUDED.merchant_email,
+               abandon_after_seconds = EXCLUDED.abandon_after_seconds,
+               ignore_incomplete_orders = EXCLUDED.ignore_incomplete_orders, occurred_at = EXCLUDED.occurred_at,
+               version = shops.version + CASE WHEN $7 THEN 1 ELSE 0 END, updated_at = now()
+           WHERE shops.occurred_at <= EXCLUDED.occurred_at
+           RETURNING version""",
+        event.shop_id, event.name, event.merchant_email, event.abandon_after_seconds,
+        event.ignore_incomplete_orders, event.occurred_at, bump_version,
+    ) or 0
+
+
+# --- stock outcomes ---------------------------------------------------------------------------------------------
+
+
+async def record_stock_outcome(conn: asyncpg.Connection, event: InventoryDeduction) -> None:
+    await conn.execute(
+        "INSERT INTO stock_outcomes (order_id, kind, lines) VALUES ($1, $2, $3::jsonb) ON CONFLICT DO NOTHING",
+        event.order_id, event.kind.value, json.dumps([line.model_dump(mode="json") for line in event.lines]))
+
+
+async def stock_outcomes(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> dict[str, list[dict[str, Any]]]:
+    rows = await conn.fetch("SELECT kind, lines FROM stock_outcomes WHERE order_id = $1", order_id)
+    return {r["kind"]: json.loads(r["lines"]) for r in rows}
+
+
+# --- the back-office list ---------------------------------------------------------------------------------------
+
+
+def _like(q: str) -> str:
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def list_orders(pool: asyncpg.Pool, tab: str, q: str | None, shop_id: str | None, page: int,
+                      per_page: int) -> tuple[list[Order], int, dict[str, int]]:
+    """One page of a tab, newest first, and how many orders each tab holds under the same search."""
+    where = ["($1::text IS NULL OR shop_id = $1)"]
+    if q:
+        where.append("""(order_id ILIKE $2 OR customer_email ILIKE $2 OR customer_name ILIKE $2
+                         OR EXISTS (SELECT 1 FROM jsonb_array_elements(items) AS i WHERE i->>'sku' ILIKE $2))""")
+    else:
+        where.append("$2::text IS NULL")
+    filters = " AND ".join(where)
+    pattern = _like(q) if q else None
+    counts_rows = await pool.fetch(f"SELECT status, count(*) AS n FROM orders WHERE {filters} GROUP BY status",
+                                   shop_id, pattern)
+    by_status = {r["status"]: r["n"] for r in counts_rows}
+    counts = {name: sum(by_status.get(s, 0) for s in statuses) for name, statuses in TABS.items()}
+    rows = await pool.fetch(
+        f"""SELECT * FROM orders WHERE {filters} AND status = ANY($3::text[])
+            ORDER BY placed_at DESC, order_id DESC LIMIT $4 OFFSET $5""",
+        shop_id, pattern, list(TABS[tab]), per_page, (page - 1) * per_page)
+    return [Order.from_row(r) for r in rows], counts[tab], counts
