@@ -142,6 +142,7 @@ class Runtime(Service):
     async def on_start(self) -> None:
         await self.http.start()
         self.add_future(self.outbox.run())
+        self.add_future(self._prune_outbox())
         for fn in self._background:
             self.add_future(self._keep_running(fn))
 
@@ -155,6 +156,15 @@ class Runtime(Service):
             except Exception:
                 log.exception("background task %s failed; restarting it", fn.__name__)
                 await asyncio.sleep(1.0)
+
+    async def _prune_outbox(self) -> None:
+        """Published outbox rows are kept a day for inspection, then deleted, hourly."""
+        while not self.should_stop:
+            try:
+                await self.outbox.prune(older_than_hours=24)
+            except TRANSIENT as exc:
+                log.warning("outbox prune skipped: %s", exc)
+            await self.sleep(3600)
 
     async def on_stop(self) -> None:
         await self.http.stop()
