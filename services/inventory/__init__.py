@@ -1,0 +1,1 @@
+"""Inventory service: stock per shop and SKU, deducted once per order."""
