@@ -83,6 +83,9 @@ def make_faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=4 * 1024 * 1024,
         broker_commit_interval=0.5,
+        # A SIGKILLed worker holds its partitions until its session expires: 10 s, not faust's 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         stream_recovery_delay=0.0,
         stream_wait_empty=False,
         table_standby_replicas=0,
