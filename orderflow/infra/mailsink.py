@@ -39,9 +39,10 @@ def parse(raw: bytes, mail_from: str, rcpt_to: list[str]) -> dict[str, Any]:
         if part is None:
             return None
         try:
-            return part.get_content()
+            content = part.get_content()
         except (LookupError, ValueError):
-            return part.get_payload(decode=True).decode("utf-8", "replace")
+            content = part.get_payload(decode=True).decode("utf-8", "replace")
+        return content.replace("\r\n", "\n")  # SMTP's CRLF line ends are transport, not content
 
     return {
         "id": uuid.uuid4().hex,

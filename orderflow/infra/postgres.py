@@ -6,6 +6,7 @@ postgres-owned temporary folder (which also holds the unix socket, so nothing to
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -118,11 +119,10 @@ class PostgresHandle:
         if self.proc is None:
             return
         if self.proc.alive() and self.data_dir.exists():
-            try:
+            # if pg_ctl fails, the process-group stop below finishes the job
+            with contextlib.suppress(InfraError, subprocess.TimeoutExpired):
                 self._run(str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w",
                           "-t", str(int(timeout)), "stop", timeout=timeout + 10)
-            except (InfraError, subprocess.TimeoutExpired):
-                pass  # the process-group stop below finishes the job
         self.proc.stop(timeout=timeout)
 
     def restart(self, timeout: float = START_TIMEOUT) -> PostgresHandle:

@@ -1,0 +1,62 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each does all the set-up it needs, idempotently.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help setup system-packages jars run test lint down clean
+
+help:
+	@echo "make run    set up everything, then start the stack (orderflow up)"
+	@echo "make test   set up everything, then lint and run the whole test suite"
+	@echo "make setup | lint | down | clean"
+
+setup: system-packages $(STAMP) jars
+
+# Debian packages this project runs on; installed only when missing, apt-get update only when installing.
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "installing:$$missing"; \
+	  $$sudo apt-get update; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+jars: $(STAMP)
+	$(PY) -c 'from orderflow.infra.kafka import ensure_jars; ensure_jars()'
+
+run: setup
+	$(VENV)/bin/orderflow up
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+down:
+	@if [ -x $(VENV)/bin/orderflow ]; then $(VENV)/bin/orderflow down; fi
+
+# Stops the stack and removes run state and caches; keeps .venv and the Kafka jar cache (~/.cache/orderflow).
+clean: down
+	rm -rf .run .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf

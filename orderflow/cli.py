@@ -1,0 +1,192 @@
+"""`orderflow`: the one command-line entry point (stack, topics, workers, migrations).
+
+To add a command: write one `cmd_<name>(args) -> int` function and one `sub.add_parser(...)` entry in `parser()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from orderflow.infra.ports import InfraError
+
+
+def _bootstrap() -> str:
+    """KAFKA_BOOTSTRAP_SERVERS, else the running local stack's broker."""
+    from orderflow import stack
+
+    if value := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return value
+    state = stack.load_state()
+    if state is None:
+        raise InfraError("no broker: set KAFKA_BOOTSTRAP_SERVERS or run `orderflow up --detach`")
+    return state["kafka"]["bootstrap"]
+
+
+def _database_url() -> str:
+    from orderflow import stack
+
+    if value := os.environ.get("DATABASE_URL"):
+        return value
+    state = stack.load_state()
+    if state is None:
+        raise InfraError("no database: set DATABASE_URL or run `orderflow up --detach`")
+    return state["postgres"]["url"]
+
+
+def _workers(pairs: Sequence[str]) -> dict[str, int]:
+    counts = {}
+    for pair in pairs:
+        name, sep, count = pair.partition("=")
+        if not sep or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"--workers expects SERVICE=N with N >= 1, got {pair!r}")
+        counts[name] = int(count)
+    return counts
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from orderflow import stack
+
+    stack.up(detach=args.detach, workers=_workers(args.workers))
+    return 0
+
+
+def cmd_down(_args: argparse.Namespace) -> int:
+    from orderflow import stack
+
+    stack.down()
+    return 0
+
+
+def cmd_status(_args: argparse.Namespace) -> int:
+    from orderflow import stack
+
+    checks = stack.status()
+    for check in checks:
+        print(f"{check.component:<12} {'healthy' if check.healthy else 'UNHEALTHY':<10} {check.detail}")
+    return 0 if all(c.healthy for c in checks) else 1
+
+
+def cmd_env(_args: argparse.Namespace) -> int:
+    from orderflow import stack
+
+    print("\n".join(stack.env_lines()))
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from orderflow import stack
+
+    for name, outcome in stack.create_topics(_bootstrap(), args.partitions).items():
+        print(f"{name:<32} {outcome}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from orderflow.services import get
+    from orderflow.worker import main as worker_main
+
+    if args.workers == 1:
+        if args.data_dir:
+            Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+        return worker_main([args.service] + (["--data-dir", args.data_dir] if args.data_dir else []))
+    try:
+        spec = get(args.service)
+    except KeyError as exc:
+        raise InfraError(exc.args[0]) from None
+    base_port = int(os.environ.get(spec.port_env) or spec.default_port)
+    data_root = Path(args.data_dir or Path("data") / spec.name)
+    for i in range(args.workers):
+        Path(f"{data_root}-{i}").mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for i in range(args.workers):
+        # each in its own session so that a terminal's Ctrl-C reaches it once, forwarded by us
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "orderflow.worker", spec.name, "--data-dir", f"{data_root}-{i}",
+             "--http-port", str(base_port + i)],
+            start_new_session=True,
+        ))
+    codes = [proc.wait() for proc in procs]
+    return max(codes, default=0)
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from orderflow.infra.ports import run_coro
+    from orderflow.runtime.db import migrate_all
+
+    applied = run_coro(migrate_all(_database_url()))
+    for service, names in (applied or {}).items():
+        print(f"{service:<12} {', '.join(names) if names else 'up to date'}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orderflow", description="orderflow: the order back end of a shop builder.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("up", help="start broker, database, mail sink and every service; wait until healthy")
+    s.add_argument("--detach", action="store_true", help="return once healthy and leave everything running")
+    s.add_argument("--workers", nargs="*", default=[], metavar="SERVICE=N", help="worker processes per service")
+    s.set_defaults(func=cmd_up)
+
+    sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="is each part healthy? (exit 1 if not)").set_defaults(func=cmd_status)
+    sub.add_parser("env", help="export lines for the running stack").set_defaults(func=cmd_env)
+
+    s = sub.add_parser("topics", help="create every registry topic and its .dlq (idempotent)")
+    s.add_argument("--partitions", type=int, default=None, help="default: $TOPIC_PARTITIONS or 8")
+    s.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("worker", help="run worker(s) of one service in the foreground")
+    s.add_argument("service")
+    s.add_argument("--workers", type=int, default=1, help="N processes, ports <SERVICE>_HTTP_PORT + i")
+    s.add_argument("--data-dir", help="data folder (with N workers, each gets <dir>-<i>)")
+    s.set_defaults(func=cmd_worker)
+
+    sub.add_parser("migrate", help="apply the database migrations of every service").set_defaults(func=cmd_migrate)
+
+    from orderflow import ops  # dlq, replay, rebuild
+
+    ops.add_parsers(sub, _bootstrap, _database_url)
+
+    from orderflow.sim.cli import add_simulate_parser  # simulate
+    from orderflow.sim.demo import add_demo_parser  # demo
+
+    add_simulate_parser(sub)
+    add_demo_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (InfraError, argparse.ArgumentTypeError) as exc:
+        print(f"orderflow {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
