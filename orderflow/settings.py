@@ -97,11 +97,16 @@ class Settings:
     smtp_password: str | None = None
     smtp_starttls: bool = False
     mail_from: str = "orderflow@localhost"
+    mail_max_attempts: int = 10
+    mail_retry_base_seconds: float = 1.0
+    mail_lease_seconds: float = 30.0
     data_dir: Path = Path(".run/data")
     store: str = "rocksdb"
     app_id_prefix: str = "orderflow"
     abandon_scan_seconds: float = 1.0
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    inventory_url: str | None = None
+    """The inventory service's HTTP base URL, for the back-office stock page (orders only; optional)."""
     log_level: str = "info"
 
     @property
@@ -153,10 +158,14 @@ def load_settings(service: str, port_env: str, default_port: int, env: Mapping[s
         smtp_password=env.get("SMTP_PASSWORD") or None,
         smtp_starttls=_bool(env, "SMTP_STARTTLS", False),
         mail_from=env.get("MAIL_FROM", "orderflow@localhost"),
+        mail_max_attempts=_int(env, "MAIL_MAX_ATTEMPTS", 10, 1, 100),
+        mail_retry_base_seconds=_int(env, "MAIL_RETRY_BASE_MS", 1000, 10, 3_600_000) / 1000.0,
+        mail_lease_seconds=float(_int(env, "MAIL_LEASE_SECONDS", 30, 1, 3600)),
         data_dir=Path(env.get("ORDERFLOW_DATA_DIR", f".run/data/{service}")),
         store=store,
         app_id_prefix=env.get("ORDERFLOW_APP_ID_PREFIX", "orderflow"),
         abandon_scan_seconds=float(_int(env, "ABANDON_SCAN_MS", 1000, 50, 600_000)) / 1000.0,
+        inventory_url=_http_url("INVENTORY_URL", env["INVENTORY_URL"]) if env.get("INVENTORY_URL") else None,
         kafka_security=security,
         log_level=log_level,
     )

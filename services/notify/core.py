@@ -1,0 +1,199 @@
+"""Which e-mails an event implies, and the rules of the mail outbox (keys, Message-IDs, retries).
+
+Pure: no I/O, no faust, no asyncpg. Every mail is keyed by (ref, kind); the outbox stores each key once, so
+a duplicate, a replay or a restart decides the same mails again and they are simply not inserted twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from contracts import (
+    CheckoutAbandoned,
+    CustomerMessageRequested,
+    DeductionKind,
+    InventoryDeduction,
+    OrderStatus,
+    OrderStatusChanged,
+    PaymentStatus,
+)
+
+Audience = Literal["merchant", "customer"]
+
+PAYMENT_LABELS = {
+    PaymentStatus.PAID: "Paid",
+    PaymentStatus.AWAITING: "Awaiting payment",
+    PaymentStatus.INCOMPLETE: "Not paid",
+}
+
+SHOP_SETTINGS_GRACE_SECONDS = 60.0
+"""How long a customer mail waits for its shop's settings (name) before going out under the shop id."""
+
+SHOP_SETTINGS_RECHECK_SECONDS = 600.0
+"""How often a merchant mail waiting for its shop's settings is looked at again; shop.settings wakes it at once."""
+
+
+def wait_for_shop_seconds(audience: Audience, waited_seconds: float) -> float:
+    """How long to put a mail aside that cannot be addressed yet (see `resolve_recipient`)."""
+    if audience == "customer":
+        return max(1.0, SHOP_SETTINGS_GRACE_SECONDS - waited_seconds)
+    return SHOP_SETTINGS_RECHECK_SECONDS
+
+
+@dataclass(frozen=True)
+class MailIntent:
+    """One e-mail to send, once per (ref, kind). `to_addr` None means the shop's merchant address."""
+
+    ref: str
+    kind: str
+    shop_id: str
+    audience: Audience
+    template: str
+    to_addr: str | None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def message_id(self) -> str:
+        return message_id(self.ref, self.kind)
+
+
+def order_ref(shop_id: str, order_id: str) -> str:
+    """Ids are only unique within a shop; the slash cannot occur in an Identifier, so the pair is unambiguous."""
+    return f"{shop_id}/{order_id}"
+
+
+def message_id(ref: str, kind: str) -> str:
+    """Deterministic: a re-send of the same mail carries the same Message-ID, so mail clients can fold it."""
+    digest = hashlib.sha256(f"{ref}|{kind}".encode()).hexdigest()[:32]
+    return f"<{digest}@orderflow>"
+
+
+def kind_family(kind: str) -> str:
+    """Metric label for a kind: `message:<id>` counts as `message` (bounded cardinality)."""
+    return kind.split(":", 1)[0]
+
+
+def money(cents: int, currency: str) -> str:
+    return f"{cents // 100}.{cents % 100:02d} {currency}"
+
+
+def _order_context(e: OrderStatusChanged) -> dict[str, Any]:
+    return {
+        "order_id": e.order_id,
+        "customer_name": e.customer.name or "",
+        "customer_email": e.customer.email,
+        "items": [
+            {"sku": i.sku, "name": i.name, "quantity": i.quantity,
+             "unit_price": money(i.unit_price_cents, e.currency),
+             "line_total": money(i.unit_price_cents * i.quantity, e.currency)}
+            for i in e.items
+        ],
+        "total": money(e.total_cents, e.currency),
+        "payment_status": PAYMENT_LABELS[e.payment_status],
+        "payment_method": e.payment.method,
+        "payment_provider": e.payment.provider,
+        "reason": e.reason or "",
+    }
+
+
+_COMMITTED_BEFORE = {OrderStatus.PENDING, OrderStatus.PROCESSED, OrderStatus.DELIVERED}
+_CUSTOMER_STATUS_MAILS = {
+    OrderStatus.PROCESSED: "processed",
+    OrderStatus.DELIVERED: "delivered",
+    OrderStatus.CANCELED: "canceled",
+}
+
+
+def mails_for_status(e: OrderStatusChanged) -> list[MailIntent]:
+    """New committed order: merchant + customer confirmation; later status changes: one customer mail each.
+
+    Incomplete orders (gateway not paid) get nothing; a payment-only change (awaiting → paid) gets nothing;
+    cancelling an order that was never committed gets nothing.
+    """
+    ref = order_ref(e.shop_id, e.order_id)
+    ctx = _order_context(e)
+    if e.status == OrderStatus.PENDING:
+        if e.previous_status not in (None, OrderStatus.INCOMPLETE):
+            return []
+        return [
+            MailIntent(ref, "new_order", e.shop_id, "merchant", "new_order", None, ctx),
+            MailIntent(ref, "confirmation", e.shop_id, "customer", "confirmation", e.customer.email, ctx),
+        ]
+    kind = _CUSTOMER_STATUS_MAILS.get(e.status)
+    if kind is None or e.previous_status == e.status:
+        return []
+    if e.status == OrderStatus.CANCELED and e.previous_status not in _COMMITTED_BEFORE:
+        return []
+    return [MailIntent(ref, kind, e.shop_id, "customer", kind, e.customer.email, ctx)]
+
+
+def mails_for_deduction(e: InventoryDeduction) -> list[MailIntent]:
+    """A deduction that moved less than asked: one alert to the merchant naming the short items."""
+    if e.kind != DeductionKind.DEDUCTED:
+        return []
+    short = [{"sku": line.sku, "asked": line.asked, "moved": line.moved, "missing": line.asked - line.moved}
+             for line in e.lines if line.moved < line.asked]
+    if not short:
+        return []
+    ref = order_ref(e.shop_id, e.order_id)
+    return [MailIntent(ref, "shortfall", e.shop_id, "merchant", "shortfall", None,
+                       {"order_id": e.order_id, "short_items": short})]
+
+
+def mails_for_abandoned(e: CheckoutAbandoned) -> list[MailIntent]:
+    ctx = {
+        "cart_id": e.cart_id,
+        "customer_name": e.customer.name or "",
+        "items": [{"sku": i.sku, "name": i.name or i.sku, "quantity": i.quantity} for i in e.items],
+        "recovery_url": e.recovery_url,
+    }
+    ref = order_ref(e.shop_id, e.cart_id)
+    return [MailIntent(ref, "recovery", e.shop_id, "customer", "recovery", e.customer.email, ctx)]
+
+
+def mails_for_message(e: CustomerMessageRequested) -> list[MailIntent]:
+    ctx = {"order_id": e.order_id, "customer_name": e.customer.name or "", "text": e.text}
+    ref = order_ref(e.shop_id, e.order_id)
+    return [MailIntent(ref, f"message:{e.message_id}", e.shop_id, "customer", "message", e.customer.email, ctx)]
+
+
+# --- sending rules -----------------------------------------------------------------------------------------
+
+
+def backoff_seconds(attempts: int, base: float, cap: float = 600.0) -> float:
+    """Exponential: base, 2·base, 4·base ... after the 1st, 2nd, 3rd failed attempt; never above cap."""
+    return min(cap, base * (2 ** max(0, attempts - 1)))
+
+
+def after_failure(attempts: int, max_attempts: int, permanent: bool) -> Literal["retry", "failed"]:
+    """A refused message (5xx, bad address) fails at once; a transient one retries until the last attempt."""
+    return "failed" if permanent or attempts >= max_attempts else "retry"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    to_addr: str
+    shop_name: str
+    reply_to: str | None
+
+
+def resolve_recipient(audience: Audience, to_addr: str | None, shop_name: str | None, merchant_email: str | None,
+                      shop_id: str, waited_seconds: float) -> Recipient | None:
+    """Who gets the mail and in whose name; None while it must wait for the shop's settings.
+
+    A merchant mail waits as long as it takes (it has no address without them); a customer mail waits a grace
+    period for the shop's name, then goes out under the shop id rather than not at all.
+    """
+    if audience == "merchant":
+        if merchant_email is None or shop_name is None:
+            return None
+        return Recipient(merchant_email, shop_name, None)
+    if to_addr is None:
+        raise ValueError("a customer mail needs its address")
+    if shop_name is None:
+        if waited_seconds < SHOP_SETTINGS_GRACE_SECONDS:
+            return None
+        return Recipient(to_addr, shop_id, None)
+    return Recipient(to_addr, shop_name, merchant_email)

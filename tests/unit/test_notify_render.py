@@ -1,0 +1,89 @@
+"""Rendering and header safety: customer text is escaped in HTML and can never add a header."""
+
+from __future__ import annotations
+
+from email import message_from_bytes
+from email.policy import default
+
+import pytest
+
+from services.notify import render
+
+EVIL = "<script>alert(1)</script>\r\nBcc: victim@evil.test"
+
+
+def order_context(name: str = "Ada") -> dict:
+    return {
+        "order_id": "o-1", "customer_name": name, "customer_email": "ada@example.com",
+        "items": [{"sku": "MUG-1", "name": "Mug <b>", "quantity": 2, "unit_price": "12.50 EUR",
+                   "line_total": "25.00 EUR"}],
+        "total": "25.00 EUR", "payment_status": "Paid", "payment_method": "gateway", "payment_provider": "paypal",
+        "reason": "",
+    }
+
+
+def parse(msg) -> object:
+    return message_from_bytes(msg.as_bytes(), policy=default)
+
+
+def test_every_template_renders_text_and_html_with_the_shop_name() -> None:
+    contexts = {
+        "new_order": order_context(), "confirmation": order_context(), "processed": order_context(),
+        "delivered": order_context(), "canceled": order_context(),
+        "shortfall": {"order_id": "o-1", "short_items": [{"sku": "MUG-1", "asked": 3, "moved": 1, "missing": 2}]},
+        "recovery": {"cart_id": "c-1", "customer_name": "Ada", "items": [{"sku": "M", "name": "Mug", "quantity": 1}],
+                     "recovery_url": "http://shop.test/cart/c-1"},
+        "message": {"order_id": "o-1", "customer_name": "Ada", "text": "Hi"},
+    }
+    assert set(contexts) == set(render.SUBJECTS)
+    for template, ctx in contexts.items():
+        out = render.render(template, ctx, "Ada's Mugs")
+        assert out.subject and "\n" not in out.subject
+        assert "Ada&#39;s Mugs" in out.html and "Ada's Mugs" in out.text, template
+
+
+def test_confirmation_shows_payment_status_and_items() -> None:
+    out = render.render("confirmation", order_context(), "Mugs")
+    assert "Payment status: Paid" in out.text
+    assert "Mug &lt;b&gt;" in out.html and "25.00 EUR" in out.html
+
+
+def test_script_in_a_name_is_escaped_in_html_and_adds_no_header() -> None:
+    out = render.render("confirmation", order_context(EVIL), "Mugs\r\nBcc: shop@evil.test")
+    assert "<script>" not in out.html and "&lt;script&gt;" in out.html
+    msg = render.build_message(out, to_addr="ada@example.com", from_addr="shop@orderflow.test",
+                               from_name="Mugs\r\nBcc: from@evil.test", message_id="<abc@orderflow>")
+    parsed = parse(msg)
+    assert parsed["Bcc"] is None
+    assert [k.lower() for k in parsed] == ["from", "to", "subject", "message-id", "mime-version", "content-type"]
+    assert str(parsed["To"]) == "ada@example.com"
+    assert "\n" not in str(parsed["Subject"]) and "\r" not in str(parsed["From"])
+
+
+def test_message_text_from_the_merchant_is_escaped() -> None:
+    out = render.render("message", {"order_id": "o", "customer_name": "A", "text": "a <img src=x onerror=y> & b"},
+                        "S")
+    assert "<img" not in out.html and "&lt;img src=x onerror=y&gt; &amp; b" in out.html
+    assert "a <img src=x onerror=y> & b" in out.text
+
+
+@pytest.mark.parametrize("bad", ["a@b.co, c@d.co", "a@b.co\r\nBcc: c@d.co", "Ada <a@b.co>", "no-at-sign",
+                                 "a@b@c.co", "a@b.co;c@d.co", ""])
+def test_recipient_must_be_exactly_one_address(bad: str) -> None:
+    out = render.render("processed", order_context(), "S")
+    with pytest.raises(render.InvalidRecipient):
+        render.build_message(out, to_addr=bad, from_addr="s@o.test", from_name="S", message_id="<x@orderflow>")
+
+
+def test_header_safe_removes_every_line_break() -> None:
+    assert render.header_safe("a\r\nBcc: b\u2028c\x00d") == "a Bcc: b c d"
+
+
+def test_message_is_multipart_alternative_with_both_parts() -> None:
+    out = render.render("delivered", order_context(), "Mugs")
+    msg = render.build_message(out, to_addr="ada@example.com", from_addr="s@o.test", from_name="Mugs",
+                               message_id="<m@orderflow>", reply_to="m@shop.test")
+    parsed = parse(msg)
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert parsed.get_body(("plain",)) is not None and parsed.get_body(("html",)) is not None
+    assert str(parsed["Message-ID"]) == "<m@orderflow>" and str(parsed["Reply-To"]) == "m@shop.test"
