@@ -1,0 +1,162 @@
+"""SQL of the cart service (schema "cart"; the pool's search_path points there)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.cart.core import Checkout, CheckoutState
+
+# --- carts ---------------------------------------------------------------------------------------------------
+
+
+async def save_snapshots(conn: asyncpg.Connection, snapshots: Sequence[tuple[str, str, dict, list, datetime]]) -> int:
+    """(cart_id, shop_id, customer, items, occurred_at): the newer snapshot wins, ties keep the first one seen."""
+    if not snapshots:
+        return 0
+    await conn.executemany(
+        """
+        INSERT INTO carts (cart_id, shop_id, customer, items, status, order_id, updated_at)
+        VALUES ($1, $2, $3::jsonb, $4::jsonb, 'open', NULL, $5)
+        ON CONFLICT (cart_id) DO UPDATE
+           SET shop_id = EXCLUDED.shop_id, customer = EXCLUDED.customer, items = EXCLUDED.items,
+               status = 'open', order_id = NULL, updated_at = EXCLUDED.updated_at, written_at = now()
+         WHERE carts.updated_at < EXCLUDED.updated_at
+        """,
+        [(c, s, json.dumps(cu), json.dumps(it), at) for c, s, cu, it, at in snapshots],
+    )
+    return len(snapshots)
+
+
+async def mark_ordered(conn: asyncpg.Connection, orders: Sequence[tuple[str, str, str, datetime]]) -> None:
+    """(cart_id, shop_id, order_id, occurred_at): the cart is emptied by its order unless a newer snapshot exists."""
+    await conn.executemany(
+        """
+        INSERT INTO carts (cart_id, shop_id, status, order_id, updated_at) VALUES ($1, $2, 'ordered', $3, $4)
+        ON CONFLICT (cart_id) DO UPDATE
+           SET status = 'ordered', order_id = EXCLUDED.order_id, updated_at = EXCLUDED.updated_at, written_at = now()
+         WHERE carts.updated_at <= EXCLUDED.updated_at
+           AND (carts.status, carts.order_id) IS DISTINCT FROM ('ordered', EXCLUDED.order_id)
+        """,
+        orders,
+    )
+
+
+async def load_cart(conn: asyncpg.Connection | asyncpg.Pool, cart_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM carts WHERE cart_id = $1", cart_id)
+    if row is None:
+        return None
+    cart = dict(row)
+    cart["customer"] = json.loads(cart["customer"])
+    cart["items"] = json.loads(cart["items"])
+    return cart
+
+
+async def count_carts(pool: asyncpg.Pool) -> int:
+    return await pool.fetchval("SELECT count(*) FROM carts WHERE status = 'open'")
+
+
+# --- stock and shop settings ---------------------------------------------------------------------------------
+
+
+async def save_levels(conn: asyncpg.Connection, levels: Sequence[tuple[str, str, int, datetime]]) -> None:
+    """(shop_id, sku, available, updated_at): a level older than the one kept is ignored."""
+    await conn.executemany(
+        """
+        INSERT INTO stock_levels (shop_id, sku, available, updated_at) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (shop_id, sku) DO UPDATE SET available = EXCLUDED.available, updated_at = EXCLUDED.updated_at
+         WHERE stock_levels.updated_at < EXCLUDED.updated_at
+        """,
+        levels,
+    )
+
+
+async def levels_for(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, skus: Iterable[str]) -> dict[str, int]:
+    rows = await conn.fetch("SELECT sku, available FROM stock_levels WHERE shop_id = $1 AND sku = ANY($2::text[])",
+                            shop_id, list(skus))
+    return {r["sku"]: r["available"] for r in rows}
+
+
+async def save_shop_settings(conn: asyncpg.Connection, settings: Sequence[tuple[str, int | None, datetime]]) -> None:
+    await conn.executemany(
+        """
+        INSERT INTO shop_settings (shop_id, abandon_after_seconds, updated_at) VALUES ($1, $2, $3)
+        ON CONFLICT (shop_id) DO UPDATE
+           SET abandon_after_seconds = EXCLUDED.abandon_after_seconds, updated_at = EXCLUDED.updated_at
+         WHERE shop_settings.updated_at < EXCLUDED.updated_at
+        """,
+        settings,
+    )
+
+
+async def abandon_after_by_shop(conn: asyncpg.Connection, shop_ids: Iterable[str]) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT shop_id, abandon_after_seconds FROM shop_settings "
+        "WHERE shop_id = ANY($1::text[]) AND abandon_after_seconds IS NOT NULL",
+        list(set(shop_ids)),
+    )
+    return {r["shop_id"]: r["abandon_after_seconds"] for r in rows}
+
+
+# --- checkouts -----------------------------------------------------------------------------------------------
+
+
+def _checkout(row: asyncpg.Record) -> Checkout:
+    return Checkout(
+        cart_id=row["cart_id"], shop_id=row["shop_id"], state=CheckoutState(row["state"]),
+        customer=json.loads(row["customer"]), items=json.loads(row["items"]),
+        started_event_id=row["started_event_id"], started_at=row["started_at"], due_at=row["due_at"],
+        order_id=row["order_id"], order_at=row["order_at"],
+    )
+
+
+async def lock_checkouts(conn: asyncpg.Connection, cart_ids: Iterable[str]) -> dict[str, Checkout]:
+    """Lock the carts' watches for this transaction (rows that do not exist yet too, by advisory lock) and load them.
+
+    The row lock makes a handler wait for a scanner that is abandoning the same row, then see its result.
+    """
+    ids = sorted(set(cart_ids))
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cart-checkout/' || id, 0)) "
+                       "FROM unnest($1::text[]) AS id ORDER BY id", ids)
+    rows = await conn.fetch("SELECT * FROM checkouts WHERE cart_id = ANY($1::text[]) ORDER BY cart_id FOR UPDATE", ids)
+    return {r["cart_id"]: _checkout(r) for r in rows}
+
+
+async def save_checkouts(conn: asyncpg.Connection, checkouts: Iterable[Checkout]) -> None:
+    await conn.executemany(
+        """
+        INSERT INTO checkouts (cart_id, shop_id, state, customer, items, started_event_id, started_at, due_at,
+                               order_id, order_at)
+        VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10)
+        ON CONFLICT (cart_id) DO UPDATE
+           SET shop_id = EXCLUDED.shop_id, state = EXCLUDED.state, customer = EXCLUDED.customer,
+               items = EXCLUDED.items, started_event_id = EXCLUDED.started_event_id,
+               started_at = EXCLUDED.started_at, due_at = EXCLUDED.due_at, order_id = EXCLUDED.order_id,
+               order_at = EXCLUDED.order_at, updated_at = now()
+        """,
+        [(c.cart_id, c.shop_id, c.state.value, json.dumps(c.customer), json.dumps(c.items), c.started_event_id,
+          c.started_at, c.due_at, c.order_id, c.order_at) for c in checkouts],
+    )
+
+
+async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500) -> list[Checkout]:
+    """Mark open watches past due as abandoned and return them; rows another transaction holds are skipped.
+
+    Run inside the transaction that stages their checkout.abandoned, so the state change and the event commit
+    together: a row is claimed once, whatever the number of workers, restarts or replays.
+    """
+    rows = await conn.fetch(
+        """
+        UPDATE checkouts SET state = 'abandoned', abandoned_at = now(), updated_at = now()
+         WHERE cart_id IN (SELECT cart_id FROM checkouts WHERE state = 'open' AND due_at <= now()
+                            ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           AND state = 'open'
+        RETURNING *
+        """,
+        limit,
+    )
+    return [_checkout(r) for r in rows]

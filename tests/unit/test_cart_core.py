@@ -1,0 +1,159 @@
+"""The cart's pure rules: how items show against stock, and how a checkout watch changes state."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.cart.core import (
+    Checkout,
+    CheckoutState,
+    LineStatus,
+    Placed,
+    Started,
+    StatusChanged,
+    abandoned_event,
+    on_checkout_started,
+    on_order_placed,
+    on_order_status,
+    recovery_url,
+    show_cart,
+    show_line,
+)
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+AFTER = timedelta(seconds=60)
+CUSTOMER = {"email": "ada@example.com", "name": "Ada"}
+ITEMS = [{"sku": "MUG-1", "quantity": 2, "name": "Mug", "unit_price_cents": 1250}]
+
+
+def started(at: datetime = T0, cart: str = "cart-1") -> Started:
+    return Started(cart, "shop-1", uuid.uuid4(), CUSTOMER, ITEMS, at)
+
+
+def placed(at: datetime, *, gateway: bool, order: str = "order-1") -> Placed:
+    return Placed("cart-1", "shop-1", order, CUSTOMER, ITEMS, at, gateway)
+
+
+def status(at: datetime, st: str, pay: str, order: str = "order-1") -> StatusChanged:
+    return StatusChanged("cart-1", "shop-1", order, st, pay, CUSTOMER, ITEMS, at)
+
+
+# --- cart view -----------------------------------------------------------------------------------------------
+
+
+def test_item_in_stock_shows_what_was_asked() -> None:
+    line = show_line({"sku": "A", "quantity": 2}, 10)
+    assert (line.quantity_shown, line.status, line.message, line.stock) == (2, LineStatus.OK, None, "known")
+
+
+def test_sold_out_item_stays_with_quantity_zero_and_says_so() -> None:
+    line = show_line({"sku": "A", "quantity": 3}, 0)
+    assert (line.quantity_asked, line.quantity_shown, line.status, line.message) == (
+        3, 0, LineStatus.OUT_OF_STOCK, "out of stock")
+
+
+def test_asking_more_than_left_shows_what_is_left() -> None:
+    line = show_line({"sku": "A", "quantity": 5}, 2)
+    assert (line.quantity_shown, line.status, line.message) == (2, LineStatus.LIMITED, "only 2 left")
+
+
+def test_sku_never_reported_counts_as_available() -> None:
+    line = show_line({"sku": "A", "quantity": 4}, None)
+    assert (line.quantity_shown, line.status, line.stock) == (4, LineStatus.OK, "unknown")
+
+
+def test_show_cart_keeps_every_item_in_order() -> None:
+    lines = show_cart([{"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1}], {"A": 0})
+    assert [(line.sku, line.status) for line in lines] == [("A", LineStatus.OUT_OF_STOCK), ("B", LineStatus.OK)]
+
+
+# --- checkout watches ----------------------------------------------------------------------------------------
+
+
+def test_checkout_opens_a_watch_due_after_abandon_after() -> None:
+    c = on_checkout_started(None, started(), AFTER)
+    assert c is not None and c.state == CheckoutState.OPEN and c.due_at == T0 + AFTER
+
+
+def test_replayed_or_older_checkout_changes_nothing_even_after_abandonment() -> None:
+    s = started()
+    abandoned = Checkout("cart-1", "shop-1", CheckoutState.ABANDONED, CUSTOMER, ITEMS, s.event_id, T0, T0 + AFTER)
+    assert on_checkout_started(abandoned, s, AFTER) is None
+    assert on_checkout_started(abandoned, started(T0 - timedelta(seconds=1)), AFTER) is None
+
+
+def test_newer_checkout_after_a_completed_one_starts_a_new_watch() -> None:
+    paid = Checkout("cart-1", "shop-1", CheckoutState.PAID, CUSTOMER, ITEMS, uuid.uuid4(), T0, T0 + AFTER,
+                    "order-1", T0 + timedelta(seconds=5))
+    later = started(T0 + timedelta(minutes=10))
+    c = on_checkout_started(paid, later, AFTER)
+    assert c is not None and c.state == CheckoutState.OPEN and c.order_id is None
+    assert c.started_event_id == later.event_id
+
+
+def test_late_checkout_older_than_its_order_does_not_reopen() -> None:
+    ordered = on_order_placed(None, placed(T0 + timedelta(seconds=5), gateway=False), AFTER)
+    c = on_checkout_started(ordered, started(T0), AFTER)
+    assert c is not None and c.state == CheckoutState.ORDERED and c.started_at == T0
+
+
+def test_manual_order_closes_the_watch() -> None:
+    c = on_order_placed(on_checkout_started(None, started(), AFTER), placed(T0 + timedelta(seconds=5),
+                                                                            gateway=False), AFTER)
+    assert c is not None and c.state == CheckoutState.ORDERED and c.order_id == "order-1"
+
+
+def test_gateway_order_keeps_the_watch_open_due_from_placement() -> None:
+    at = T0 + timedelta(seconds=30)
+    c = on_order_placed(on_checkout_started(None, started(), AFTER), placed(at, gateway=True), AFTER)
+    assert c is not None and c.state == CheckoutState.OPEN and c.order_id == "order-1" and c.due_at == at + AFTER
+
+
+def test_payment_closes_the_gateway_watch_whatever_arrives_first() -> None:
+    open_ = on_checkout_started(None, started(), AFTER)
+    at = T0 + timedelta(seconds=5)
+    paid_first = on_order_status(open_, status(at, "pending", "paid"), AFTER)
+    assert paid_first is not None and paid_first.state == CheckoutState.PAID
+    assert on_order_placed(paid_first, placed(at, gateway=True), AFTER) is None
+    placed_first = on_order_placed(open_, placed(at, gateway=True), AFTER)
+    assert on_order_status(placed_first, status(at, "pending", "paid"), AFTER).state == CheckoutState.PAID
+
+
+def test_incomplete_status_watches_the_unpaid_order() -> None:
+    at = T0 + timedelta(seconds=5)
+    c = on_order_status(on_checkout_started(None, started(), AFTER), status(at, "incomplete", "incomplete"), AFTER)
+    assert c is not None and c.state == CheckoutState.OPEN and c.order_id == "order-1" and c.due_at == at + AFTER
+    assert on_order_placed(c, placed(at, gateway=True), AFTER) is None
+
+
+def test_payment_after_abandonment_records_paid_and_unpaid_order_never_reopens() -> None:
+    abandoned = Checkout("cart-1", "shop-1", CheckoutState.ABANDONED, CUSTOMER, ITEMS, uuid.uuid4(), T0, T0 + AFTER)
+    gateway = on_order_placed(abandoned, placed(T0 + 2 * AFTER, gateway=True), AFTER)
+    assert gateway is not None and gateway.state == CheckoutState.ABANDONED
+    assert on_order_status(gateway, status(T0 + 3 * AFTER, "pending", "paid"), AFTER).state == CheckoutState.PAID
+
+
+def test_events_of_an_older_order_do_not_touch_a_newer_checkout() -> None:
+    open_ = on_checkout_started(None, started(T0 + timedelta(minutes=5)), AFTER)
+    assert on_order_placed(open_, placed(T0, gateway=False, order="old"), AFTER) is None
+    assert on_order_status(open_, status(T0, "pending", "paid", order="old"), AFTER) is None
+
+
+def test_canceled_status_changes_nothing() -> None:
+    open_ = on_checkout_started(None, started(), AFTER)
+    assert on_order_status(open_, status(T0 + AFTER, "canceled", "awaiting"), AFTER) is None
+
+
+@pytest.mark.parametrize("order_id", [None, "order-9"])
+def test_abandoned_event_is_deterministic_and_names_the_unpaid_order(order_id: str | None) -> None:
+    c = Checkout("cart-1", "shop-1", CheckoutState.OPEN, CUSTOMER, ITEMS, uuid.uuid4(), T0, T0 + AFTER, order_id,
+                 T0 if order_id else None)
+    first = abandoned_event(c, "https://shop.example/", T0 + AFTER)
+    again = abandoned_event(c, "https://shop.example/", T0 + 2 * AFTER)
+    assert first.event_id == again.event_id
+    assert first.order_id == order_id
+    assert first.recovery_url == "https://shop.example/cart/cart-1"
+    assert recovery_url("https://s.example", "a b") == "https://s.example/cart/a%20b"
