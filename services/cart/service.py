@@ -61,10 +61,6 @@ def build(settings: Settings) -> Runtime:
     event, has none of those holes: exactly one checkout.abandoned across 8 partitions, restarts and replays.
     """
     rt = Runtime(settings)
-    # A SIGKILLed worker's partitions are handed over once the broker drops its session: 10 s, not faust's 60 s,
-    # so a crash delays cart updates and abandonment by seconds rather than a minute.
-    rt.app.conf.broker_session_timeout = 10.0
-    rt.app.conf.broker_heartbeat_interval = 2.0
     metrics = CartMetrics(rt)
     default_after = timedelta(seconds=settings.abandon_after_seconds)
     partitions = settings.topic_partitions

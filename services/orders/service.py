@@ -104,19 +104,20 @@ def _outcome(decision: core.Decision, done: str) -> str:
 
 def build(settings: Settings) -> Runtime:
     from orderflow.runtime.app import Runtime
-    from services.orders import api
+    from services.orders import api, web
 
     rt = Runtime(settings)
     orders = Orders(rt)
 
     async def each_in_transaction(batch: list[Incoming], topic: str, use_case) -> None:  # noqa: ANN001
+        """One transaction per batch: a failure rolls it all back and the runtime retries event by event."""
         pool = await rt.pool()
-        for incoming in batch:
-            async with pool.acquire() as conn, conn.transaction():
-                if not await db.first_time(conn, incoming.event.event_id, topic):
-                    continue
-                decisions = await use_case(conn, incoming.event)
-            orders.count(decisions or [])
+        decided: list[core.Decision] = []
+        async with pool.acquire() as conn, conn.transaction():
+            for incoming in batch:
+                if await db.first_time(conn, incoming.event.event_id, topic):
+                    decided.extend(await use_case(conn, incoming.event) or [])
+        orders.count(decided)
 
     @rt.consume(topics.ORDER_PLACED, batch=50)
     async def order_placed(batch: list[Incoming[OrderPlaced]]) -> None:
@@ -145,6 +146,7 @@ def build(settings: Settings) -> Runtime:
         await each_in_transaction(batch, topics.INVENTORY_DEDUCTIONS.name, store)
 
     api.add_routes(rt, orders)
+    web.add_routes(rt, orders)  # the back-office pages under /backoffice
     return rt
 
 
