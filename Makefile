@@ -23,6 +23,8 @@ system-packages:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
@@ -34,17 +36,21 @@ system-packages:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when pyproject.toml changed since the last install.
-$(STAMP): pyproject.toml | $(PY)
+# Exact pins from requirements.lock; reinstalled only when it or pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml requirements.lock | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 jars: $(STAMP)
 	$(PY) -c 'from orderflow.infra.kafka import ensure_jars; ensure_jars()'
 
+# Starts the whole stack in the background, plays the seeds' story on it, and leaves it running (`make down`).
 run: setup
-	$(VENV)/bin/orderflow up
+	$(VENV)/bin/orderflow up --detach
+	$(VENV)/bin/orderflow demo
+	@echo "The stack keeps running: '.venv/bin/orderflow status', '.venv/bin/orderflow env'; stop it with 'make down'."
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,363 @@
+"""The merchant's back office as server-rendered pages under /backoffice (Jinja2, autoescaped, plain HTML forms).
+
+The pages run the same use cases as the JSON API (services/orders/api.py): the repository reads and writes, the
+pure core decides — including which buttons an order shows — and every event leaves through the outbox.
+Sign-in sets an HttpOnly, SameSite=Strict cookie holding an HMAC-signed session (never the token); every POST
+carries the session's CSRF token in a hidden field. A form that emits an event carries a one-off `form_id`, from
+which the event id is derived, so a form submitted twice emits the same event twice and consumers drop the repeat.
+
+Stock levels are read from the inventory service's HTTP API (INVENTORY_URL) rather than from its tables: the
+inventory owns its schema and its API is the supported way in; without INVENTORY_URL the page still adjusts stock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+import httpx
+import jinja2
+from aiohttp import web
+from pydantic import ValidationError
+
+from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, StockAdjusted, derived_event_id, now
+from orderflow.runtime import outbox
+from services.orders import core
+from services.orders import repository as repo
+from services.orders.api import MessageBody, ShopBody, order_view
+from services.orders.web.session import SessionKeys
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from orderflow.runtime.app import Runtime
+    from services.orders.service import Orders
+
+PREFIX = "/backoffice"
+COOKIE = "orderflow_backoffice"
+PER_PAGE = 25
+HERE = Path(__file__).parent
+FORM_ID = re.compile(r"^[0-9a-f]{32}$")
+
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+NOTICES = {
+    "status": "Status changed.",
+    "payment": "Marked paid.",
+    "unchanged": "Nothing to change: the order already had that status.",
+    "message": "Message queued for the customer.",
+    "stock": "Stock adjustment sent; the level updates once the inventory has applied it.",
+    "shop": "Shop settings saved.",
+}
+"""Fixed texts a redirect may name (`?done=`): nothing a link can make the page say is taken from the URL."""
+
+TAB_LABELS = {"pending": "Pending", "closed": "Closed", "incomplete": "Incomplete"}
+
+
+@dataclass(frozen=True)
+class Button:
+    action: str  # the form's path under the order: "status" or "payment"
+    value: str
+    label: str
+
+
+STATUS_BUTTONS = ((OrderStatus.PROCESSED, "Processed"), (OrderStatus.DELIVERED, "Delivered"),
+                  (OrderStatus.CANCELED, "Cancel"))
+
+
+def allowed_buttons(state: core.OrderState) -> list[Button]:
+    """Exactly the changes the core would make now; a change it would refuse or ignore gets no button."""
+    buttons = [Button("status", target.value, label) for target, label in STATUS_BUTTONS
+               if core.merchant_set_status(state, target).changes]
+    if core.mark_paid(state).changes:
+        buttons.append(Button("payment", "paid", "Mark paid"))
+    return buttons
+
+
+def money(cents: int, currency: str) -> str:
+    return f"{cents // 100:,}.{cents % 100:02d} {currency}"
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
+
+
+def order_lines(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ordered item with what the inventory did for it (the API's `stock` list is in item order)."""
+    return [{**item, **stock} for item, stock in zip(view["items"], view["stock"], strict=True)]
+
+
+def page_url(path: str, **params: Any) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "") and not (k == "page" and v == 1)}
+    return f"{PREFIX}{path}" + (f"?{urlencode(kept)}" if kept else "")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["money"] = money
+    env.filters["when"] = when
+    env.globals.update(url=page_url, prefix=PREFIX, tab_labels=TAB_LABELS)
+    return env
+
+
+def add_routes(rt: Runtime, orders: Orders) -> None:
+    keys = SessionKeys(rt.settings.backoffice_token)
+    templates = _environment()
+    css = (HERE / "static" / "backoffice.css").read_bytes()
+
+    def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+        section = {"order.html": "orders"}.get(template, template.removesuffix(".html"))
+        html = templates.get_template(template).render(session=request.get("session"), section=section, **context)
+        return web.Response(text=html, status=status, content_type="text/html", headers=HEADERS)
+
+    def signed_in(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):  # noqa: ANN202
+        """A page for signed-in merchants; a POST must also carry the session's CSRF token."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            session = keys.open(request.cookies.get(COOKIE))
+            if session is None:
+                if request.method == "GET":
+                    raise web.HTTPSeeOther(f"{PREFIX}/login")
+                return render(request, "login.html", status=401, error="Your session ended: please sign in again.")
+            request["session"] = session
+            if request.method == "POST" and not keys.csrf_ok(session, (await request.post()).get("csrf")):
+                return render(request, "message.html", status=403, title="Form expired",
+                              text="This form was not sent from this back office, or your session changed. "
+                                   "Go back, reload the page and try again.")
+            return await handler(request)
+
+        return guarded
+
+    async def form(request: web.Request) -> dict[str, str]:
+        return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+
+    # --- sign-in ----------------------------------------------------------------------------------------------
+
+    async def login_page(request: web.Request) -> web.StreamResponse:
+        if keys.open(request.cookies.get(COOKIE)):
+            raise web.HTTPSeeOther(f"{PREFIX}/orders")
+        return render(request, "login.html", error=None)
+
+    async def login(request: web.Request) -> web.StreamResponse:
+        if not keys.token_matches((await form(request)).get("token", "")):
+            return render(request, "login.html", status=401, error="That token is not the back-office token.")
+        response = web.HTTPSeeOther(f"{PREFIX}/orders")
+        response.set_cookie(COOKIE, keys.issue(), path=PREFIX, httponly=True, samesite="Strict",
+                            secure=request.secure, max_age=keys.lifetime)
+        raise response
+
+    async def logout(request: web.Request) -> web.StreamResponse:
+        response = web.HTTPSeeOther(f"{PREFIX}/login")
+        response.del_cookie(COOKIE, path=PREFIX)
+        raise response
+
+    async def stylesheet(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=css, content_type="text/css",
+                            headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+    async def home(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther(f"{PREFIX}/orders")
+
+    # --- orders -----------------------------------------------------------------------------------------------
+
+    async def orders_page(request: web.Request) -> web.StreamResponse:
+        tab = request.query.get("tab", "pending")
+        tab = tab if tab in repo.TABS else "pending"
+        q = request.query.get("q", "").strip()[:200]
+        shop_id = request.query.get("shop_id", "").strip()
+        page = int(p) if (p := request.query.get("page", "1")).isdigit() and 0 < int(p) < 1_000_000 else 1
+        found, total, counts = await repo.list_orders(await rt.pool(), tab, q or None, shop_id or None, page,
+                                                      PER_PAGE)
+        return render(request, "orders.html", tab=tab, q=q, shop_id=shop_id, page=page, orders=found,
+                      total=total, counts=counts, pages=max(1, math.ceil(total / PER_PAGE)))
+
+    async def order_page(request: web.Request, *, error: str | None = None, status: int = 200,
+                         message_text: str = "") -> web.StreamResponse:
+        pool = await rt.pool()
+        order = await repo.get_order(pool, request.match_info["order_id"])
+        if order is None:
+            return render(request, "message.html", status=404, title="No such order",
+                          text="There is no order with that id.")
+        view = await order_view(pool, order)
+        return render(request, "order.html", status=status, order=view, lines=order_lines(view),
+                      buttons=allowed_buttons(order.state), error=error,
+                      notice=NOTICES.get(request.query.get("done", "")), form_id=uuid.uuid4().hex,
+                      message_text=message_text)
+
+    async def change(request: web.Request, decide: Callable[[core.OrderState], core.Decision],
+                     done: str) -> web.StreamResponse:
+        """The API's change: lock, let the core decide, write and stage in one transaction; show a refusal."""
+        order_id = request.match_info["order_id"]
+        pool = await rt.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            order = await repo.lock_order(conn, order_id)
+            if order is None:
+                return await order_page(request)
+            decision = decide(order.state)
+            if not decision.refused:
+                await repo.apply(conn, order, decision)
+        if decision.refused:
+            return await order_page(request, error=decision.refused, status=409)
+        orders.count([decision])
+        rt.outbox.wake()
+        done = done if decision.changes else "unchanged"
+        raise web.HTTPSeeOther(page_url(f"/orders/{quote(order_id, safe='')}", done=done))
+
+    async def post_status(request: web.Request) -> web.StreamResponse:
+        try:
+            target = OrderStatus((await form(request)).get("status", ""))
+        except ValueError:
+            return await order_page(request, error="Unknown status.", status=400)
+        return await change(request, lambda state: core.merchant_set_status(state, target), "status")
+
+    async def post_payment(request: web.Request) -> web.StreamResponse:
+        return await change(request, core.mark_paid, "payment")
+
+    async def post_message(request: web.Request) -> web.StreamResponse:
+        data = await form(request)
+        text, message_id = data.get("text", ""), data.get("form_id", "")
+        try:
+            body = MessageBody(text=text)
+        except ValidationError:
+            return await order_page(request, error="Write a message (up to 10,000 characters).", status=400,
+                                    message_text=text)
+        if not FORM_ID.match(message_id):
+            return await order_page(request, error="Reload the page and send the message again.", status=400)
+        pool = await rt.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            order = await repo.get_order(conn, request.match_info["order_id"])
+            if order is None:
+                return await order_page(request)
+            await outbox.stage(conn, [CustomerMessageRequested(
+                event_id=derived_event_id("order.message", order.order_id, message_id), occurred_at=now(),
+                shop_id=order.shop_id, order_id=order.order_id, message_id=message_id, text=body.text,
+                customer=order.customer,
+            )])
+        rt.outbox.wake()
+        raise web.HTTPSeeOther(page_url(f"/orders/{quote(order.order_id, safe='')}", done="message"))
+
+    # --- stock ------------------------------------------------------------------------------------------------
+
+    async def stock_levels(shop_id: str) -> tuple[list[dict[str, Any]], int, str | None]:
+        if not rt.settings.inventory_url:
+            return [], 0, "Stock levels cannot be shown: INVENTORY_URL is not set for the orders service."
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(
+                    f"{rt.settings.inventory_url}/stock/{quote(shop_id, safe='')}",
+                    params={"out_of_stock_first": "1", "per_page": "500"},
+                    headers={"Authorization": f"Bearer {rt.settings.backoffice_token}"})
+            response.raise_for_status()
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return [], 0, f"The inventory service did not answer ({type(exc).__name__}); try again shortly."
+        return body["items"], body["total"], None
+
+    async def stock_page(request: web.Request, *, error: str | None = None, status: int = 200,
+                         shop_id: str | None = None) -> web.StreamResponse:
+        shop_id = (shop_id if shop_id is not None else request.query.get("shop_id", "")).strip()
+        levels, total, problem = await stock_levels(shop_id) if shop_id else ([], 0, None)
+        return render(request, "stock.html", status=status, shop_id=shop_id, levels=levels, total=total,
+                      problem=problem, error=error, notice=NOTICES.get(request.query.get("done", "")),
+                      form_id=uuid.uuid4().hex)
+
+    async def post_stock(request: web.Request) -> web.StreamResponse:
+        data = await form(request)
+        shop_id, sku, form_id = data.get("shop_id", "").strip(), data.get("sku", "").strip(), data.get("form_id", "")
+        amount = data.get("amount", "").strip()
+        if not FORM_ID.match(form_id):
+            return await stock_page(request, error="Reload the page and try again.", status=400, shop_id=shop_id)
+        if not re.fullmatch(r"-?\d{1,10}", amount):
+            return await stock_page(request, error="The quantity must be a whole number.", status=400,
+                                    shop_id=shop_id)
+        change = {"set_to": int(amount)} if data.get("mode") == "set" else {"delta": int(amount)}
+        try:
+            event = StockAdjusted(event_id=derived_event_id("stock.adjusted", shop_id, sku, form_id),
+                                  occurred_at=now(), shop_id=shop_id, sku=sku,
+                                  reason=data.get("reason", "").strip() or "back office", **change)
+        except ValidationError as exc:
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "form"
+            return await stock_page(request, error=f"{where}: {exc.errors()[0]['msg']}", status=400,
+                                    shop_id=shop_id)
+        async with (await rt.pool()).acquire() as conn, conn.transaction():
+            await outbox.stage(conn, [event])
+        rt.outbox.wake()
+        raise web.HTTPSeeOther(page_url("/stock", shop_id=shop_id, done="stock"))
+
+    # --- shop settings ----------------------------------------------------------------------------------------
+
+    async def shop_page(request: web.Request, *, error: str | None = None, status: int = 200,
+                        values: dict[str, Any] | None = None) -> web.StreamResponse:
+        shop_id = request.query.get("shop_id", "").strip()
+        if values is None:
+            values = {"shop_id": shop_id}
+            if shop_id:
+                values.update(await stored_shop(await rt.pool(), shop_id) or {})
+        return render(request, "shop.html", status=status, values=values, error=error,
+                      notice=NOTICES.get(request.query.get("done", "")))
+
+    async def post_shop(request: web.Request) -> web.StreamResponse:
+        data = await form(request)
+        shop_id = data.get("shop_id", "").strip()
+        delay = data.get("abandon_after_seconds", "").strip()
+        values = {"shop_id": shop_id, "name": data.get("name", "").strip(),
+                  "merchant_email": data.get("merchant_email", "").strip(),
+                  "abandon_after_seconds": int(delay) if delay.isdigit() else (delay or None),
+                  "ignore_incomplete_orders": data.get("ignore_incomplete_orders") == "on"}
+        try:
+            body = ShopBody.model_validate({k: v for k, v in values.items() if k != "shop_id"})
+            settings = ShopSettings(event_id=uuid.uuid4(), occurred_at=now(), shop_id=shop_id, **body.model_dump())
+        except ValidationError as exc:
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "form"
+            return await shop_page(request, error=f"{where}: {exc.errors()[0]['msg']}", status=400, values=values)
+        async with (await rt.pool()).acquire() as conn, conn.transaction():
+            version = await repo.upsert_shop(conn, settings, bump_version=True)
+            if version:
+                settings = settings.model_copy(update={"event_id": derived_event_id("shop.settings", shop_id,
+                                                                                    version)})
+                await outbox.stage(conn, [settings])
+        if not version:
+            return await shop_page(request, error="Newer settings for this shop are already stored.", status=409,
+                                   values=values)
+        rt.outbox.wake()
+        raise web.HTTPSeeOther(page_url("/shop", shop_id=shop_id, done="shop"))
+
+    def route(method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        rt.http.route(method, PREFIX + path, handler, auth=False)
+
+    route("GET", "/static/backoffice.css", stylesheet)
+    route("GET", "/login", login_page)
+    route("POST", "/login", login)
+    route("POST", "/logout", signed_in(logout))
+    route("GET", "", home)
+    route("GET", "/", home)
+    route("GET", "/orders", signed_in(orders_page))
+    route("GET", "/orders/{order_id}", signed_in(order_page))
+    route("POST", "/orders/{order_id}/status", signed_in(post_status))
+    route("POST", "/orders/{order_id}/payment", signed_in(post_payment))
+    route("POST", "/orders/{order_id}/messages", signed_in(post_message))
+    route("GET", "/stock", signed_in(stock_page))
+    route("POST", "/stock", signed_in(post_stock))
+    route("GET", "/shop", signed_in(shop_page))
+    route("POST", "/shop", signed_in(post_shop))
+
+
+async def stored_shop(conn: asyncpg.Pool | asyncpg.Connection, shop_id: str) -> dict[str, Any] | None:
+    """The shop's current settings to pre-fill the form (the repository has no reader for them yet)."""
+    row = await conn.fetchrow("SELECT name, merchant_email, abandon_after_seconds, ignore_incomplete_orders "
+                              "FROM shops WHERE shop_id = $1", shop_id)
+    return dict(row) if row else None

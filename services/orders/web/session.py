@@ -1,0 +1,58 @@
+"""Back-office sign-in sessions and CSRF tokens, derived from BACKOFFICE_TOKEN with HMAC (pure, no I/O).
+
+The cookie never holds the token: it holds `issued.nonce.signature`, signed with a key derived from the token.
+Nothing is stored server-side, so changing BACKOFFICE_TOKEN signs every merchant out. The CSRF token of a session
+is another HMAC of its nonce: a form posted from another site cannot know it (and SameSite=Strict keeps the cookie
+off cross-site requests in the first place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+SESSION_SECONDS = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Session:
+    nonce: str
+    csrf: str
+
+
+class SessionKeys:
+    def __init__(self, backoffice_token: str, lifetime: int = SESSION_SECONDS) -> None:
+        self._token = backoffice_token.encode()
+        self._key = hmac.new(self._token, b"orderflow back-office session v1", hashlib.sha256).digest()
+        self.lifetime = lifetime
+
+    def token_matches(self, given: str) -> bool:
+        """Constant-time comparison of a typed-in token with BACKOFFICE_TOKEN."""
+        return hmac.compare_digest(given.encode(), self._token)
+
+    def _sign(self, *parts: str) -> str:
+        return hmac.new(self._key, ".".join(parts).encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, now: float | None = None) -> str:
+        """A new cookie value for a merchant who has just typed the right token."""
+        issued = str(int(time.time() if now is None else now))
+        nonce = secrets.token_urlsafe(18)
+        return f"{issued}.{nonce}.{self._sign('session', issued, nonce)}"
+
+    def open(self, cookie: str | None, now: float | None = None) -> Session | None:
+        """The session a cookie proves, or None (absent, forged, expired, or signed with another token)."""
+        if not cookie or cookie.count(".") != 2:
+            return None
+        issued, nonce, signature = cookie.split(".")
+        if not hmac.compare_digest(signature, self._sign("session", issued, nonce)):
+            return None
+        if not issued.isdigit() or (time.time() if now is None else now) - int(issued) > self.lifetime:
+            return None
+        return Session(nonce=nonce, csrf=self._sign("csrf", nonce))
+
+    @staticmethod
+    def csrf_ok(session: Session, given: str | None) -> bool:
+        return bool(given) and hmac.compare_digest(given.encode(), session.csrf.encode())  # type: ignore[union-attr]

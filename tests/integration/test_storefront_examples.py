@@ -1,0 +1,83 @@
+"""The storefront guide's examples (docs/examples) run against the real broker and an orders worker applies them.
+
+Each example places an order with a fresh id; the test then waits until the orders service lists that order with
+the example's customer and items. The Node example is skipped where `node`/`npm` are absent, kcat's where `kcat` is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import wait_for
+from workers import WorkerProcess, make_worker, worker_env
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "docs" / "examples"
+NODE_DIR = EXAMPLES / "node"
+
+
+@pytest.fixture(scope="module")
+def orders_worker(kafka_bootstrap: str, database_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    worker = make_worker("orders", worker_env(kafka_bootstrap, database_url),
+                         tmp_path_factory.mktemp("examples")).start().wait_ready(timeout=120)
+    yield worker
+    worker.kill()
+
+
+def run_example(command: list[str], kafka_bootstrap: str, cwd: Path = ROOT) -> tuple[str, str]:
+    """Run an example with fresh ids; returns (shop_id, the order id it printed)."""
+    shop_id, order_id = f"shop-{uuid.uuid4().hex[:10]}", f"order-{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SHOP_ID": shop_id, "ORDER_ID": order_id,
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
+    assert done.stdout.strip().splitlines()[-1] == order_id
+    return shop_id, order_id
+
+
+def assert_placed(worker: WorkerProcess, shop_id: str, order_id: str) -> None:
+    with worker.client() as api:
+        def found() -> httpx.Response | None:
+            response = api.get(f"/orders/{order_id}")
+            return response if response.status_code == 200 else None
+
+        order = wait_for(found, timeout=90, message=f"orders service to apply {order_id}").json()
+        assert (order["shop_id"], order["status"], order["payment_status"]) == (shop_id, "pending", "awaiting")
+        assert order["customer"]["name"] == "Ada Lovelace"
+        assert [(i["sku"], i["quantity"]) for i in order["items"]] == [("MUG-1", 2)]
+        listed = api.get("/orders", params={"tab": "pending", "q": order_id}).json()
+        assert [o["order_id"] for o in listed["orders"]] == [order_id]
+
+
+def test_python_contracts_producer(kafka_bootstrap: str, orders_worker: WorkerProcess) -> None:
+    shop_id, order_id = run_example([sys.executable, str(EXAMPLES / "place_order.py")], kafka_bootstrap)
+    assert_placed(orders_worker, shop_id, order_id)
+
+
+def test_kcat_script(kafka_bootstrap: str, orders_worker: WorkerProcess) -> None:
+    if shutil.which("kcat") is None:
+        pytest.skip("kcat is not installed (Debian: apt-get install kcat; `make setup` installs it)")
+    shop_id, order_id = run_example(["bash", str(EXAMPLES / "kcat-place-order.sh")], kafka_bootstrap)
+    assert_placed(orders_worker, shop_id, order_id)
+
+
+def test_node_kafkajs_producer(kafka_bootstrap: str, orders_worker: WorkerProcess) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js (node and npm) is not installed; the kafkajs example needs it")
+    if not (NODE_DIR / "node_modules" / "kafkajs").is_dir():
+        installed = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True,
+                                   text=True, timeout=300)
+        assert installed.returncode == 0, f"npm ci failed:\n{installed.stderr}"
+    shop_id, order_id = run_example(["node", "produce.mjs"], kafka_bootstrap, cwd=NODE_DIR)
+    assert_placed(orders_worker, shop_id, order_id)
