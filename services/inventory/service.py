@@ -109,7 +109,7 @@ def build(settings: Settings) -> Runtime:
                 log.info("order %s deducted short: %s", order_id, [(m.sku, m.asked, m.moved) for m in lines])
         metrics.restocks.inc(outcome.applied_adjustments)
 
-    @rt.consume(topics.ORDER_STATUS, batch=1000, within=0.1)
+    @rt.consume(topics.ORDER_STATUS, batch=1000, within=0.02)
     async def order_status(batch: list[Incoming[Any]]) -> None:
         commands = [core.command_for_status(i.event) for i in batch]
         orders = {c.order_id: c.shop_id for c in commands if c is not None}

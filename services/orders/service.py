@@ -119,11 +119,11 @@ def build(settings: Settings) -> Runtime:
                     decided.extend(await use_case(conn, incoming.event) or [])
         orders.count(decided)
 
-    @rt.consume(topics.ORDER_PLACED, batch=50)
+    @rt.consume(topics.ORDER_PLACED, batch=200)
     async def order_placed(batch: list[Incoming[OrderPlaced]]) -> None:
         await each_in_transaction(batch, topics.ORDER_PLACED.name, orders.place)
 
-    @rt.consume(topics.PAYMENT_CONFIRMED, batch=50)
+    @rt.consume(topics.PAYMENT_CONFIRMED, batch=200)
     async def payment_confirmed(batch: list[Incoming[PaymentConfirmed]]) -> None:
         await each_in_transaction(batch, topics.PAYMENT_CONFIRMED.name, orders.confirm_payment)
 
@@ -138,7 +138,7 @@ def build(settings: Settings) -> Runtime:
 
         await each_in_transaction(batch, topics.SHOP_SETTINGS.name, store)
 
-    @rt.consume(topics.INVENTORY_DEDUCTIONS, batch=100)
+    @rt.consume(topics.INVENTORY_DEDUCTIONS, batch=500)
     async def inventory_deductions(batch: list[Incoming[InventoryDeduction]]) -> None:
         async def store(conn: asyncpg.Connection, event: InventoryDeduction) -> None:
             await repo.record_stock_outcome(conn, event)
