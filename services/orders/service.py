@@ -114,8 +114,10 @@ def build(settings: Settings) -> Runtime:
         pool = await rt.pool()
         decided: list[core.Decision] = []
         async with pool.acquire() as conn, conn.transaction():
+            fresh = await db.first_times(conn, [i.event.event_id for i in batch], topic)
             for incoming in batch:
-                if await db.first_time(conn, incoming.event.event_id, topic):
+                if incoming.event.event_id in fresh:
+                    fresh.discard(incoming.event.event_id)  # a repeat inside the batch is a duplicate too
                     decided.extend(await use_case(conn, incoming.event) or [])
         orders.count(decided)
 
