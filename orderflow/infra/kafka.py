@@ -63,8 +63,11 @@ def ensure_jars() -> Path:
 
 
 def _cluster_id() -> str:
-    """Kafka's cluster id format: a UUID as URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """Kafka's cluster id format: a UUID as URL-safe base64 without padding. Never starting with "-" (as Kafka's
+    own Uuid.randomUuid), which the storage tool's command line would read as an option (1 start in 64 failed)."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return cluster_id
 
 
 _LOG4J2 = """\

@@ -176,6 +176,25 @@ class Runtime(Service):
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self._assigned_once = True
+        self._guard_acks()
+
+    def _guard_acks(self) -> None:
+        """At a rebalance or a stop faust drops the messages still queued (fetched in an older generation, or
+        while the flow is suspended) and *acks* them, so their offsets get committed although no handler ever saw
+        them: lost. Only a message fetched in the current generation, acked while the flow runs, may advance the
+        committed offset; the others are simply read again from the committed offset (handlers are idempotent)."""
+        consumer = self.app.consumer
+        if getattr(consumer, "_orderflow_acks_guarded", False):
+            return
+        app, ack = self.app, consumer.ack
+
+        def guarded_ack(message: Any) -> bool:
+            if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+                return False
+            return ack(message)
+
+        consumer.ack = guarded_ack
+        consumer._orderflow_acks_guarded = True
 
     async def health(self) -> dict[str, Any]:
         report: dict[str, Any] = {"service": self.service}
@@ -214,14 +233,20 @@ class Runtime(Service):
             topic = self.topic(spec)
 
             async def agent(stream: faust.StreamT) -> None:
+                # faust's take_events acks a batch in a `finally` when the generator resumes or is closed, so a
+                # batch must never be left unprocessed: retry it in place, and void those acks if cancelled.
                 async for events in stream.take_events(batch, within=within):
-                    try:
-                        await self._process(spec, handler, events)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:  # never let an exception escape: faust would ack and skip
-                        log.exception("unexpected failure processing %s; the batch will be retried", spec.name)
-                        continue
+                    while True:
+                        try:
+                            await self._process(spec, handler, events)
+                            break
+                        except asyncio.CancelledError:
+                            for event in events:  # a stop mid-batch: these offsets must not be committed
+                                event.message.acked = True
+                            raise
+                        except Exception:  # never let an exception escape: faust would ack and skip
+                            log.exception("unexpected failure processing %s; retrying the batch", spec.name)
+                            await asyncio.sleep(1.0)
                     for event in events:
                         await stream.ack(event)
 

@@ -104,8 +104,9 @@ async def drive(scenario: Scenario, producer: StorefrontProducer, pace: Pace | N
                 else:
                     batch.append(event)
             units += 1 if pace.unit == "sessions" else len(session)
-        due = [e for at, e in held if at <= time.monotonic()]
-        held = [(at, e) for at, e in held if at > time.monotonic()]
+        now = time.monotonic()  # one instant for both lists: a cancel falling due between two reads was dropped
+        due = [e for at, e in held if at <= now]
+        held = [(at, e) for at, e in held if at > now]
         await _send_all(producer, batch + due, on_sent)
         report.sessions_sent = min(i + size, len(sessions))
         report.events_sent += len(batch) + len(due)

@@ -125,10 +125,24 @@ class MailSender:
                 permanent = _is_permanent(exc)
                 await self._failed_attempt(pool, mail, f"{type(exc).__name__}: {exc}", permanent)
                 continue
-            await repository.mark_sent(pool, mail)
+            await self._record_sent(pool, mail)
             self._metrics.sent.labels(core.kind_family(mail.kind)).inc()
             self._metrics.delay_seconds.observe((datetime.now(UTC) - mail.created_at).total_seconds())
         return len(mails)
+
+    async def _record_sent(self, pool: asyncpg.Pool, mail: ClaimedMail) -> None:
+        """The server has accepted the mail: record that however long the database is away. Giving up here would
+        leave the row 'sending' and its lease would send the mail again (a duplicate no SIGKILL caused)."""
+        delay = 0.1
+        while True:
+            try:
+                await repository.mark_sent(pool, mail)
+                return
+            except (*DB_ERRORS, asyncpg.InternalClientError) as exc:  # the latter: a connection the server cut
+                log.warning("mail %s/%s sent, recording it failed (%s); retrying in %.1fs", mail.ref, mail.kind,
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _prepare(self, pool: asyncpg.Pool, mail: ClaimedMail,
                        shop: repository.Shop | None) -> EmailMessage | None:
