@@ -66,6 +66,20 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         raise ApiError(400, f"{where}: {first['msg']}") from None
 
 
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number query parameter within [lo, hi], or a 400 naming it."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}")
+    return value
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:

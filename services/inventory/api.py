@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from orderflow.runtime.http import ApiError, json_response
+from orderflow.runtime.http import ApiError, int_param, json_response
 from services.inventory import repository as repo
 
 if TYPE_CHECKING:
@@ -20,19 +20,6 @@ def _level(row: Any) -> dict[str, Any]:
             "updated_at": row["updated_at"]}
 
 
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be a whole number") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be between {lo} and {hi}")
-    return value
-
-
 def add_routes(rt: Runtime) -> None:
     async def get_stock(request: web.Request) -> web.Response:
         shop_id, sku = request.match_info["shop_id"], request.match_info["sku"]
@@ -42,8 +29,8 @@ def add_routes(rt: Runtime) -> None:
         return json_response(_level(row))
 
     async def list_stock(request: web.Request) -> web.Response:
-        page = _int_param(request, "page", 1, 1, 1_000_000)
-        per_page = _int_param(request, "per_page", 50, 1, MAX_PER_PAGE)
+        page = int_param(request, "page", 1, 1, 1_000_000)
+        per_page = int_param(request, "per_page", 50, 1, MAX_PER_PAGE)
         out_first = request.query.get("out_of_stock_first", "0").lower() in {"1", "true", "yes"}
         total, rows = await repo.list_levels(await rt.pool(), request.match_info["shop_id"], page=page,
                                              per_page=per_page, out_of_stock_first=out_first)

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
 from contracts.base import Email, LongText, Model, Text
 from orderflow.runtime import outbox
-from orderflow.runtime.http import ApiError, json_response, read_json
+from orderflow.runtime.http import ApiError, int_param, json_response, read_json
 from services.orders import core
 from services.orders import repository as repo
 
@@ -44,19 +44,6 @@ class ShopBody(Model):
     merchant_email: Email
     abandon_after_seconds: int | None = Field(default=None, gt=0, le=30 * 24 * 3600)
     ignore_incomplete_orders: bool = True
-
-
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be a whole number") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be between {lo} and {hi}")
-    return value
 
 
 def stock_by_line(order: repo.Order, outcomes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -94,8 +81,8 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         tab = request.query.get("tab", "pending")
         if tab not in repo.TABS:
             raise ApiError(400, f"tab must be one of {', '.join(repo.TABS)}")
-        page = _int_param(request, "page", 1, 1, 1_000_000)
-        per_page = _int_param(request, "per_page", 50, 1, MAX_PER_PAGE)
+        page = int_param(request, "page", 1, 1, 1_000_000)
+        per_page = int_param(request, "per_page", 50, 1, MAX_PER_PAGE)
         q = request.query.get("q", "").strip() or None
         shop_id = request.query.get("shop_id") or None
         found, total, counts = await repo.list_orders(await rt.pool(), tab, q, shop_id, page, per_page)
