@@ -17,26 +17,15 @@ from orderflow.infra.ports import InfraError
 
 
 def _bootstrap() -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, else the running local stack's broker."""
     from orderflow import stack
 
-    if value := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return value
-    state = stack.load_state()
-    if state is None:
-        raise InfraError("no broker: set KAFKA_BOOTSTRAP_SERVERS or run `orderflow up --detach`")
-    return state["kafka"]["bootstrap"]
+    return stack.setting("KAFKA_BOOTSTRAP_SERVERS", "kafka", "bootstrap")
 
 
 def _database_url() -> str:
     from orderflow import stack
 
-    if value := os.environ.get("DATABASE_URL"):
-        return value
-    state = stack.load_state()
-    if state is None:
-        raise InfraError("no database: set DATABASE_URL or run `orderflow up --detach`")
-    return state["postgres"]["url"]
+    return stack.setting("DATABASE_URL", "postgres", "url")
 
 
 def _workers(pairs: Sequence[str]) -> dict[str, int]:

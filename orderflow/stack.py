@@ -61,6 +61,16 @@ def load_state(rd: Path | None = None) -> dict | None:
         return None
 
 
+def setting(env_name: str, section: str, key: str) -> str:
+    """An environment variable, else the running local stack's value (so tools work after `orderflow up`)."""
+    if value := os.environ.get(env_name):
+        return value
+    state = load_state()
+    if state is None:
+        raise InfraError(f"set {env_name} or run `orderflow up --detach`")
+    return state[section][key]
+
+
 def _save_state(rd: Path, state: dict) -> None:
     rd.mkdir(parents=True, exist_ok=True)
     tmp = _state_file(rd).with_suffix(".tmp")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 
@@ -17,14 +16,13 @@ _MIX_FIELDS = ("abandoned_carts", "gateway_unpaid", "manual_payments", "manual_c
 
 def bootstrap_servers() -> str:
     """KAFKA_BOOTSTRAP_SERVERS, else the local stack's broker (`orderflow up`)."""
-    if value := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return value
     from orderflow import stack
+    from orderflow.infra.ports import InfraError
 
-    state = stack.load_state()
-    if state is None:
-        raise SystemExit("orderflow simulate: error: set KAFKA_BOOTSTRAP_SERVERS or run `orderflow up --detach`")
-    return state["kafka"]["bootstrap"]
+    try:
+        return stack.setting("KAFKA_BOOTSTRAP_SERVERS", "kafka", "bootstrap")
+    except InfraError as exc:
+        raise SystemExit(f"orderflow simulate: error: {exc}") from None
 
 
 def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
