@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from contracts import ContractError, Event, TopicSpec, decode
-from orderflow.runtime import db
+from orderflow.runtime import db, seek_guard
 from orderflow.runtime.dlq import DeadLetters, Source
 from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
@@ -54,6 +54,7 @@ Handler = Callable[[list[Incoming[Any]]], Awaitable[None]]
 
 
 def make_faust_app(settings: Settings) -> faust.App:
+    seek_guard.install()
     sec = settings.kafka_security
     credentials = None
     ssl_context = None
@@ -233,8 +234,10 @@ class Runtime(Service):
             topic = self.topic(spec)
 
             async def agent(stream: faust.StreamT) -> None:
-                # faust's take_events acks a batch in a `finally` when the generator resumes or is closed, so a
-                # batch must never be left unprocessed: retry it in place, and void those acks if cancelled.
+                # faust's take_events acks a batch in a `finally` when the generator resumes for the next batch or
+                # is closed, so a batch must never be left unprocessed: retry it in place, and void those acks if
+                # cancelled. That `finally` is the one ack: acking here too would decrement the message's reference
+                # count twice and commit it before another agent on the same topic (a table agent) has seen it.
                 async for events in stream.take_events(batch, within=within):
                     while True:
                         try:
@@ -247,8 +250,6 @@ class Runtime(Service):
                         except Exception:  # never let an exception escape: faust would ack and skip
                             log.exception("unexpected failure processing %s; retrying the batch", spec.name)
                             await asyncio.sleep(1.0)
-                    for event in events:
-                        await stream.ack(event)
 
             agent.__name__ = f"{handler.__name__}"
             self.app.agent(topic, name=f"{self.service}.{handler.__name__}")(agent)

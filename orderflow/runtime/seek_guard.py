@@ -1,0 +1,102 @@
+"""A guard on faust 0.15.3's consumer: no record fetched before a seek is delivered after it.
+
+Why: faust seeks its source partitions back to their committed offsets after a table recovery and whenever it
+fetched while its flow was stopped. The fetch loop may still hold records fetched from the old position and hands
+them out after the seek. Its bookkeeping then goes wrong twice over: the jump from the committed offset to the stale
+record is taken for a gap in the log (offsets "acked" without ever being processed), and the records read again from
+the committed offset are dropped as already read. Seen here as a cart worker, restarted after SIGKILL, committing
+past checkout.started events it never handled.
+
+The guard: after a seek of an acknowledged (source) partition, the next record handed out must be the one at the
+seek position. A record further on is held back and the partition sought again; only when the very same jump comes
+back after that second seek is it a real hole in the log (compaction, retention) and the record goes through.
+Changelog partitions (faust's own recovery reads them with acks off) are left alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from faust.transport import consumer as faust_consumer
+
+log = logging.getLogger(__name__)
+
+_INSTALLED = False
+
+
+class Verdict(enum.Enum):
+    DELIVER = "deliver"  # no seek pending, or the record at the seek position
+    BEHIND = "behind"  # before the seek position: faust drops it as already read; the seek stays pending
+    SEEK_AGAIN = "seek again"  # beyond the seek position, first time: most likely fetched before the seek
+    HOLE = "hole"  # the same jump after a second seek: the offsets in between are not in the log
+
+
+def after_seek(expected: int | None, offset: int, last_jump: tuple[int, int] | None) -> Verdict:
+    """What to do with the record at `offset` of a partition sought to `expected` (None: no seek pending)."""
+    if expected is None or offset == expected:
+        return Verdict.DELIVER
+    if offset < expected:
+        return Verdict.BEHIND
+    return Verdict.HOLE if last_jump == (expected, offset) else Verdict.SEEK_AGAIN
+
+
+def install() -> None:
+    """Patch faust's Consumer class once per process (idempotent)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    _INSTALLED = True
+    cls = faust_consumer.Consumer
+    original_getmany = cls.getmany
+    original_seek = cls.seek
+    original_perform_seek = cls.perform_seek
+
+    def state(consumer: Any) -> tuple[dict, dict]:
+        if not hasattr(consumer, "_orderflow_sought"):
+            consumer._orderflow_sought = {}  # tp -> the offset the next record must have
+            consumer._orderflow_jumps = {}  # tp -> (expected, offset) of the jump held back last
+        return consumer._orderflow_sought, consumer._orderflow_jumps
+
+    async def seek(self: Any, partition: Any, offset: int) -> None:
+        await original_seek(self, partition, offset)
+        sought, _ = state(self)
+        if offset is not None and offset >= 0 and self.app.topics.acks_enabled_for(partition.topic):
+            sought[partition] = offset
+
+    async def perform_seek(self: Any) -> None:
+        sought, _ = state(self)
+        await original_perform_seek(self)
+        sought.clear()
+        for tp, offset in list(self._read_offset.items()):
+            if offset is not None and self.app.topics.acks_enabled_for(tp.topic):
+                sought[tp] = offset
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        sought, jumps = state(self)
+        sought_again: set = set()  # partitions re-sought during this batch: the rest of it is stale for them
+        async for tp, message in original_getmany(self, timeout):
+            if tp in sought_again:
+                continue
+            expected = sought.get(tp)
+            verdict = after_seek(expected, message.offset, jumps.get(tp))
+            if verdict is Verdict.SEEK_AGAIN:
+                jumps[tp] = (expected, message.offset)
+                sought_again.add(tp)
+                log.info("%s[%s]: record %s was fetched before the seek to %s; reading again from %s",
+                         tp.topic, tp.partition, message.offset, expected, expected)
+                await seek(self, tp, expected)
+                continue
+            if verdict is Verdict.HOLE:
+                log.info("%s[%s]: offsets %s..%s are not in the log; going on from %s",
+                         tp.topic, tp.partition, expected, message.offset - 1, message.offset)
+            if verdict is not Verdict.BEHIND:
+                sought.pop(tp, None)
+                jumps.pop(tp, None)
+            yield tp, message
+
+    cls.getmany = getmany
+    cls.seek = seek
+    cls.perform_seek = perform_seek
