@@ -18,18 +18,16 @@ from contracts import (
     Customer,
     InventoryDeduction,
     OrderItem,
-    OrderPlaced,
     OrderStatus,
     OrderStatusChanged,
     Payment,
-    PaymentConfirmed,
     PaymentStatus,
     ShopSettings,
     derived_event_id,
     now,
 )
 from orderflow.runtime import outbox
-from services.orders.core import Decision, OrderState, PaymentFacts
+from services.orders.core import Decision, OrderState
 
 TABS: dict[str, tuple[str, ...]] = {
     "pending": (OrderStatus.PENDING.value, OrderStatus.PROCESSED.value),
@@ -92,41 +90,17 @@ async def get_order(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> O
     return Order.from_row(row) if row else None
 
 
-async def insert_order(conn: asyncpg.Connection, event: OrderPlaced, state: OrderState) -> Order:
-    """The order row at version 0; `apply` then writes its placement history row."""
-    row = await conn.fetchrow(
-        """INSERT INTO orders (order_id, shop_id, cart_id, customer, customer_email, customer_name, items,
-                               total_cents, currency, payment_method, payment_provider, status, payment_status,
-                               placed_at)
-           VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14)
-           RETURNING *""",
-        event.order_id, event.shop_id, event.cart_id, event.customer.model_dump_json(exclude_none=True),
-        event.customer.email, event.customer.name,
-        json.dumps([i.model_dump(mode="json") for i in event.items]), event.total_cents, event.currency,
-        event.payment.method, event.payment.provider, state.status.value, state.payment_status.value,
-        event.occurred_at,
-    )
-    return Order.from_row(row)
-
-
-async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> Order:
-    """Write a decision: one history row and one staged `order.status` per change; a no-op writes nothing."""
-    if not decision.changes and not (decision.payment_mismatch and not order.payment_mismatch):
-        return order
+def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tuple], list[OrderStatusChanged], int]:
+    """A decision's order_history rows, its order.status events (ids derived from order and seq) and the new version."""
     seq = order.version
+    rows: list[tuple] = []
     events: list[OrderStatusChanged] = []
-    at = now()
     for change in decision.changes:
         seq += 1
         before = change.before
-        await conn.execute(
-            """INSERT INTO order_history (order_id, seq, from_status, to_status, from_payment_status,
-                                          to_payment_status, changed_by, reason, at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-            order.order_id, seq, before.status.value if before else None, change.after.status.value,
-            before.payment_status.value if before else None, change.after.payment_status.value,
-            change.changed_by.value, change.reason, at,
-        )
+        rows.append((order.order_id, seq, before.status.value if before else None, change.after.status.value,
+                     before.payment_status.value if before else None, change.after.payment_status.value,
+                     change.changed_by.value, change.reason, at))
         events.append(OrderStatusChanged(
             event_id=derived_event_id("order.status", order.order_id, seq), occurred_at=at, shop_id=order.shop_id,
             order_id=order.order_id, cart_id=order.cart_id, status=change.after.status,
@@ -137,6 +111,18 @@ async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> O
             currency=order.currency,
             payment=Payment(method=order.payment_method, provider=order.payment_provider),  # type: ignore[arg-type]
         ))
+    return rows, events, seq
+
+
+async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> Order:
+    """Write a decision: one history row and one staged `order.status` per change; a no-op writes nothing."""
+    if not decision.changes and not (decision.payment_mismatch and not order.payment_mismatch):
+        return order
+    rows, events, seq = changes_of(order, decision, now())
+    await conn.executemany(
+        """INSERT INTO order_history (order_id, seq, from_status, to_status, from_payment_status,
+                                      to_payment_status, changed_by, reason, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""", rows)
     row = await conn.fetchrow(
         """UPDATE orders SET status = $2, payment_status = $3, version = $4,
                              payment_mismatch = payment_mismatch OR $5, updated_at = now()
@@ -158,29 +144,6 @@ async def history(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> lis
 # --- payments ---------------------------------------------------------------------------------------------------
 
 
-async def record_payment(conn: asyncpg.Connection, event: PaymentConfirmed) -> bool:
-    """Keep the payment by its gateway id; False when that payment was already recorded (a resend)."""
-    row = await conn.fetchrow(
-        """INSERT INTO payments (order_id, payment_id, shop_id, amount_cents, currency, provider)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1""",
-        event.order_id, event.payment_id, event.shop_id, event.amount_cents, event.currency, event.provider,
-    )
-    return row is not None
-
-
-async def held_payments(conn: asyncpg.Connection, order_id: str) -> list[tuple[str, PaymentFacts]]:
-    rows = await conn.fetch(
-        "SELECT payment_id, amount_cents, currency FROM payments WHERE order_id = $1 AND outcome IS NULL "
-        "ORDER BY received_at, payment_id", order_id)
-    return [(r["payment_id"], PaymentFacts(r["amount_cents"], r["currency"])) for r in rows]
-
-
-async def settle_payment(conn: asyncpg.Connection, order_id: str, payment_id: str, applied: bool,
-                         outcome: str) -> None:
-    await conn.execute("UPDATE payments SET applied = $3, outcome = $4 WHERE order_id = $1 AND payment_id = $2",
-                       order_id, payment_id, applied, outcome[:500])
-
-
 async def payments(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT payment_id, amount_cents, currency, provider, received_at, applied, outcome
@@ -191,23 +154,6 @@ async def payments(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> li
 # --- cancel requests --------------------------------------------------------------------------------------------
 
 
-async def record_cancel_request(conn: asyncpg.Connection, event_id: Any, order_id: str, reason: str | None) -> None:
-    await conn.execute(
-        "INSERT INTO cancel_requests (event_id, order_id, reason) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        event_id, order_id, reason)
-
-
-async def held_cancel_requests(conn: asyncpg.Connection, order_id: str) -> list[tuple[Any, str | None]]:
-    rows = await conn.fetch(
-        "SELECT event_id, reason FROM cancel_requests WHERE order_id = $1 AND outcome IS NULL "
-        "ORDER BY received_at, event_id", order_id)
-    return [(r["event_id"], r["reason"]) for r in rows]
-
-
-async def settle_cancel_request(conn: asyncpg.Connection, event_id: Any, outcome: str) -> None:
-    await conn.execute("UPDATE cancel_requests SET outcome = $2 WHERE event_id = $1", event_id, outcome[:500])
-
-
 async def cancel_requests(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT event_id, reason, received_at, outcome FROM cancel_requests WHERE order_id = $1 "
@@ -216,11 +162,6 @@ async def cancel_requests(conn: asyncpg.Connection | asyncpg.Pool, order_id: str
 
 
 # --- shops ------------------------------------------------------------------------------------------------------
-
-
-async def shop_ignores_incomplete(conn: asyncpg.Connection, shop_id: str) -> bool:
-    value = await conn.fetchval("SELECT ignore_incomplete_orders FROM shops WHERE shop_id = $1", shop_id)
-    return True if value is None else value
 
 
 async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_version: bool = False) -> int:
@@ -244,10 +185,11 @@ async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_ver
 # --- stock outcomes ---------------------------------------------------------------------------------------------
 
 
-async def record_stock_outcome(conn: asyncpg.Connection, event: InventoryDeduction) -> None:
-    await conn.execute(
+async def record_stock_outcomes(conn: asyncpg.Connection, events: list[InventoryDeduction]) -> None:
+    """What inventory did for each order, once per (order, kind)."""
+    await conn.executemany(
         "INSERT INTO stock_outcomes (order_id, kind, lines) VALUES ($1, $2, $3::jsonb) ON CONFLICT DO NOTHING",
-        event.order_id, event.kind.value, json.dumps([line.model_dump(mode="json") for line in event.lines]))
+        [(e.order_id, e.kind.value, json.dumps([line.model_dump(mode="json") for line in e.lines])) for e in events])
 
 
 async def stock_outcomes(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> dict[str, list[dict[str, Any]]]:
