@@ -20,6 +20,12 @@ def service_migrations(service: str) -> Path:
     return Path(services.__path__[0]) / service / "migrations"
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections carry no session state to clear: locks are transaction-scoped (`pg_advisory_xact_lock`),
+    nothing LISTENs or SETs. asyncpg still rolls back an open transaction on release; skipping its reset query
+    (unlock all, CLOSE ALL, UNLISTEN, RESET ALL) saves a round trip per transaction."""
+
+
 async def connect_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
     """A pool whose connections see the service's schema first; nothing opens at import time."""
     return await asyncpg.create_pool(
@@ -28,6 +34,7 @@ async def connect_pool(database_url: str, schema: str, *, min_size: int = 1, max
         max_size=max_size,
         server_settings={"search_path": f"{schema},public", "application_name": f"orderflow-{schema}"},
         command_timeout=30,
+        reset=_keep_session,
     )
 
 
