@@ -100,6 +100,7 @@ class Settings:
     mail_max_attempts: int = 10
     mail_retry_base_seconds: float = 1.0
     mail_lease_seconds: float = 30.0
+    mail_connections: int = 4
     data_dir: Path = Path(".run/data")
     store: str = "rocksdb"
     app_id_prefix: str = "orderflow"
@@ -161,6 +162,7 @@ def load_settings(service: str, port_env: str, default_port: int, env: Mapping[s
         mail_max_attempts=_int(env, "MAIL_MAX_ATTEMPTS", 10, 1, 100),
         mail_retry_base_seconds=_int(env, "MAIL_RETRY_BASE_MS", 1000, 10, 3_600_000) / 1000.0,
         mail_lease_seconds=float(_int(env, "MAIL_LEASE_SECONDS", 30, 1, 3600)),
+        mail_connections=_int(env, "MAIL_SMTP_CONNECTIONS", 4, 1, 32),
         data_dir=Path(env.get("ORDERFLOW_DATA_DIR", f".run/data/{service}")),
         store=store,
         app_id_prefix=env.get("ORDERFLOW_APP_ID_PREFIX", "orderflow"),

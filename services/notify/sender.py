@@ -1,4 +1,5 @@
-"""The SMTP sender: drains the mail outbox apart from the consumers, over one reused connection.
+"""The SMTP sender: drains the mail outbox apart from the consumers, over one reused connection (a notify worker
+runs MAIL_SMTP_CONNECTIONS of them, claiming disjoint rows).
 
 Each row is marked sent right after the server accepted it, one by one, so the window in which a SIGKILL leaves
 an accepted message unrecorded is a single round trip to PostgreSQL. Such a row stays 'sending' until its lease

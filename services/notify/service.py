@@ -22,9 +22,21 @@ from services.notify.sender import MailMetrics, MailSender
 
 def build(settings: Settings) -> Runtime:
     rt = Runtime(settings)
-    sender = MailSender(rt.pool, settings, MailMetrics(rt.metrics.registry))
-    rt.background(sender.run)
-    rt.health_check(sender.health)
+    metrics = MailMetrics(rt.metrics.registry)
+    # Several senders, each on its own SMTP connection, claim disjoint rows (SKIP LOCKED, leases) exactly as senders
+    # of several workers do: one connection waits on each SMTP round trip, and a remote server's add up.
+    senders = [MailSender(rt.pool, settings, metrics) for _ in range(settings.mail_connections)]
+    for one in senders:
+        rt.background(one.run)
+
+    @rt.health_check
+    async def smtp_health() -> dict[str, Any]:
+        states = sorted({(await one.health())["smtp"] for one in senders})
+        return {"smtp": ", ".join(states)}
+
+    def wake_senders() -> None:
+        for one in senders:
+            one.wake()
 
     async def new_events(conn: Any, spec: TopicSpec, batch: Sequence[Incoming[Any]]) -> list[Event]:
         fresh = await first_times(conn, [i.event.event_id for i in batch], spec.name)
@@ -37,7 +49,7 @@ def build(settings: Settings) -> Runtime:
                 events = await new_events(conn, spec, batch)
                 inserted = await repository.insert_mails(conn, [m for e in events for m in decide(e)])
             if inserted:
-                sender.wake()
+                wake_senders()
 
         handler.__name__ = f"mails_from_{spec.name.replace('.', '_')}"
         return handler
@@ -57,7 +69,7 @@ def build(settings: Settings) -> Runtime:
             changed = [e.shop_id for e in events if await repository.upsert_shop(conn, e)]
             await repository.release_waiting_for_shop(conn, changed)
         if changed:
-            sender.wake()
+            wake_senders()
 
     return rt
 

@@ -31,6 +31,7 @@ def test_defaults_follow_the_design():
         ({"PUBLIC_STORE_URL": "shop.example"}, "PUBLIC_STORE_URL"),
         ({"ABANDON_AFTER_SECONDS": "-5"}, "ABANDON_AFTER_SECONDS"),
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
+        ({"MAIL_SMTP_CONNECTIONS": "0"}, "MAIL_SMTP_CONNECTIONS"),
     ],
 )
 def test_a_wrong_value_names_its_variable_in_one_line(env, names):
