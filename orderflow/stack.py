@@ -248,6 +248,8 @@ def service_env(state: Mapping) -> dict[str, str]:
     }
     if state["smtp"].get("mailbox_url"):
         env["MAILBOX_URL"] = state["smtp"]["mailbox_url"]
+        # The local sink answers at once and shares the cores: more connections would only take CPU from orders.
+        env["MAIL_SMTP_CONNECTIONS"] = os.environ.get("MAIL_SMTP_CONNECTIONS", "1")
     return env
 
 
