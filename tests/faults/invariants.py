@@ -485,6 +485,53 @@ def check_outputs(scenario: Scenario, observed: Observed, records: Sequence[Reco
 # --- dead letters -------------------------------------------------------------------------------------------
 
 
+RECORDED_INPUTS: dict[str, tuple[str, ...]] = {
+    "orders": (topics.ORDER_PLACED.name, topics.PAYMENT_CONFIRMED.name, topics.ORDER_CANCEL_REQUESTED.name,
+               topics.SHOP_SETTINGS.name, topics.INVENTORY_DEDUCTIONS.name),
+    "cart": (topics.CHECKOUT_STARTED.name, topics.ORDER_PLACED.name, topics.ORDER_STATUS.name),
+    "inventory": (topics.STOCK_ADJUSTED.name,),
+    "notify": (topics.ORDER_STATUS.name, topics.INVENTORY_DEDUCTIONS.name, topics.CHECKOUT_ABANDONED.name,
+               topics.ORDER_MESSAGE.name, topics.SHOP_SETTINGS.name),
+}
+"""The input topics each service keys in its `processed_events` (event_id, topic), for every valid event
+(cart: order.status only when the order came from a cart)."""
+
+
+async def check_every_input_handled(bootstrap: str, database_url: str, namespace: str,
+                                    bad: Sequence[BadMessage]) -> list[str]:
+    """Every valid event of the namespace on a service's recorded input topics is in its processed_events: an
+    offset committed past an event never handled (as faust's seek race once did) shows up here, by topic."""
+    names = sorted({name for names in RECORDED_INPUTS.values() for name in names})
+    prefix = f"{namespace}-".encode()
+    injected = {(b.topic, b.value) for b in bad}
+    records = await read_topics(bootstrap, names, keep=lambda r: (r.key or b"").startswith(prefix))
+    ids: dict[str, set[uuid.UUID]] = defaultdict(set)
+    for r in records:
+        if (r.topic, r.value) in injected:
+            continue
+        event = decode(topics.spec_for(r.topic).model, r.value)
+        if r.topic == topics.ORDER_STATUS.name and not event.cart_id:
+            ids["order.status without cart"].add(event.event_id)
+        ids[r.topic].add(event.event_id)
+    problems = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        for service, inputs in RECORDED_INPUTS.items():
+            for topic in inputs:
+                wanted = ids[topic] - (ids["order.status without cart"] if service == "cart" else set())
+                if not wanted:
+                    continue
+                seen = {r["event_id"] for r in await conn.fetch(
+                    f"SELECT event_id FROM {service}.processed_events WHERE topic = $1 AND event_id = ANY($2::uuid[])",
+                    topic, list(wanted))}
+                if missing := wanted - seen:
+                    problems.append(f"{service} never handled {len(missing)} of {len(wanted)} {topic} events "
+                                    f"(its offsets went past them), e.g. {sorted(map(str, missing))[:3]}")
+    finally:
+        await conn.close()
+    return problems
+
+
 def check_dead_letters(bad: Sequence[BadMessage], letters: Sequence[Record],
                        consumers: dict[str, set[str]]) -> list[str]:
     """Each bad message is on `<topic>.dlq` once per service consuming `topic`, bytes untouched, with headers;

@@ -52,6 +52,7 @@ from tests.faults.invariants import (
     Observed,
     check,
     check_dead_letters,
+    check_every_input_handled,
     check_outputs,
     end_offsets,
     observe,
@@ -279,6 +280,7 @@ async def settle(stack: FaultStack, run: Run, timeout: float = SETTLE_TIMEOUT) -
     letters = await read_topics(stack.bootstrap, DLQ_TOPICS, keep=lambda r: (r.key or b"").startswith(ns))
     problems = check_outputs(run.scenario, observed, outputs, run.bad)
     problems += check_dead_letters(run.bad, letters, stack.consumers)
+    problems += await check_every_input_handled(stack.bootstrap, stack.database_url, run.scenario.namespace, run.bad)
     assert not problems, f"{run.name}:\n  " + "\n  ".join(problems[:25])
     assert not stack.dead(), f"workers died: {stack.dead()}"
     if observed.notes:
