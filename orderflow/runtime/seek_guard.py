@@ -11,12 +11,18 @@ The guard: after a seek of an acknowledged (source) partition, the next record h
 seek position. A record further on is held back and the partition sought again; only when the very same jump comes
 back after that second seek is it a real hole in the log (compaction, retention) and the record goes through.
 Changelog partitions (faust's own recovery reads them with acks off) are left alone.
+
+And a watchdog: records fetched around the seek can also vanish without ever reaching the guard, the fetch position
+left past them (seen once: a restarted cart worker read nothing on six partitions for minutes while they lagged,
+until new events arrived). Checked before each fetch, when every record fetched so far has been handed out: a seek
+whose record never came, although the fetch position has moved past it, is made again.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,6 +49,20 @@ def after_seek(expected: int | None, offset: int, last_jump: tuple[int, int] | N
     return Verdict.HOLE if last_jump == (expected, offset) else Verdict.SEEK_AGAIN
 
 
+STALL_SECONDS = 1.0
+
+
+def stalled(expected: int, position: int | None, waited: float) -> bool:
+    """A seek to `expected` whose record never came although the fetch position moved on to `position`."""
+    return position is not None and position > expected and waited >= STALL_SECONDS
+
+
+def _fetch_position(consumer: Any, tp: Any) -> int | None:
+    """aiokafka's fetch position of `tp` (read across faust's consumer thread: a plain attribute read)."""
+    state = consumer._thread._ensure_consumer()._subscription.subscription.assignment.state_value(tp)
+    return state.position if state is not None and state.has_valid_position else None
+
+
 def install() -> None:
     """Patch faust's Consumer class once per process (idempotent)."""
     global _INSTALLED
@@ -58,13 +78,36 @@ def install() -> None:
         if not hasattr(consumer, "_orderflow_sought"):
             consumer._orderflow_sought = {}  # tp -> the offset the next record must have
             consumer._orderflow_jumps = {}  # tp -> (expected, offset) of the jump held back last
+            consumer._orderflow_sought_at = {}  # tp -> when that seek was made (monotonic)
         return consumer._orderflow_sought, consumer._orderflow_jumps
+
+    def note_seek(consumer: Any, tp: Any, offset: int) -> None:
+        sought, _ = state(consumer)
+        sought[tp] = offset
+        consumer._orderflow_sought_at[tp] = time.monotonic()
+
+    async def unstall(consumer: Any) -> None:
+        sought, _ = state(consumer)
+        now = time.monotonic()
+        for tp, expected in list(sought.items()):
+            try:
+                position = _fetch_position(consumer, tp)
+            except Exception:  # noqa: BLE001 - no longer assigned: its next owner seeks anyway
+                sought.pop(tp, None)
+                continue
+            if stalled(expected, position, now - consumer._orderflow_sought_at.get(tp, now)):
+                log.info("%s[%s]: the record at %s never came although fetching went on to %s; seeking again",
+                         tp.topic, tp.partition, expected, position)
+                try:
+                    await seek(consumer, tp, expected)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, expected, exc)
+                    sought.pop(tp, None)
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
         await original_seek(self, partition, offset)
-        sought, _ = state(self)
         if offset is not None and offset >= 0 and self.app.topics.acks_enabled_for(partition.topic):
-            sought[partition] = offset
+            note_seek(self, partition, offset)
 
     async def perform_seek(self: Any) -> None:
         sought, _ = state(self)
@@ -72,10 +115,12 @@ def install() -> None:
         sought.clear()
         for tp, offset in list(self._read_offset.items()):
             if offset is not None and self.app.topics.acks_enabled_for(tp.topic):
-                sought[tp] = offset
+                note_seek(self, tp, offset)
 
     async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         sought, jumps = state(self)
+        if sought and self.flow_active:
+            await unstall(self)
         sought_again: set = set()  # partitions re-sought during this batch: the rest of it is stale for them
         async for tp, message in original_getmany(self, timeout):
             if tp in sought_again:

@@ -1,6 +1,6 @@
 """The seek guard's rule: after a seek, only the record at the seek position goes through at once."""
 
-from orderflow.runtime.seek_guard import Verdict, after_seek
+from orderflow.runtime.seek_guard import STALL_SECONDS, Verdict, after_seek, stalled
 
 
 def test_without_a_pending_seek_every_record_goes_through() -> None:
@@ -25,3 +25,16 @@ def test_the_same_jump_after_seeking_again_is_a_hole_in_the_log() -> None:
 
 def test_a_different_jump_is_not_taken_for_the_earlier_hole() -> None:
     assert after_seek(8, 15, (8, 14)) is Verdict.SEEK_AGAIN
+
+
+def test_a_seek_whose_record_never_came_while_fetching_went_on_is_stalled() -> None:
+    assert stalled(23, 59, STALL_SECONDS)
+
+
+def test_a_seek_not_fetched_past_yet_is_not_stalled_however_long_it_waits() -> None:
+    assert not stalled(23, 23, 600.0)
+
+
+def test_a_fresh_seek_or_an_unknown_position_is_not_stalled() -> None:
+    assert not stalled(23, 59, STALL_SECONDS / 2)
+    assert not stalled(23, None, 600.0)
