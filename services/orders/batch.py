@@ -21,7 +21,7 @@ import asyncpg
 from contracts import OrderCancelRequested, OrderPlaced, OrderStatusChanged, PaymentConfirmed, now
 from orderflow.runtime import outbox
 from services.orders.core import Decision, OrderState, PaymentFacts
-from services.orders.repository import Order, changes_of
+from services.orders.repository import Order, changes_of, insert_history, lock_orders, update_orders, writes_nothing
 
 
 class OrderBatch:
@@ -42,16 +42,9 @@ class OrderBatch:
 
     @classmethod
     async def lock(cls, conn: asyncpg.Connection, order_ids: Iterable[str]) -> OrderBatch:
-        """Take every order's lock (sorted, so two batches never wait on each other in a circle) and load them.
-
-        The advisory lock exists before the row does, so a payment racing its own order.placed is never missed.
-        """
+        """Take every order's lock and load them (`repository.lock_orders`)."""
         ids = sorted(set(order_ids))
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('orders.order:' || id, 0)) "
-                           "FROM unnest($1::text[]) AS id ORDER BY id", ids)
-        rows = await conn.fetch("SELECT * FROM orders WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE",
-                                ids)
-        return cls(ids, {r["order_id"]: Order.from_row(r) for r in rows})
+        return cls(ids, await lock_orders(conn, ids))
 
     async def load_held(self, conn: asyncpg.Connection, shop_ids: Iterable[str]) -> None:
         """What order.placed needs besides the orders: payments and cancels that came first, the shops' setting."""
@@ -86,7 +79,7 @@ class OrderBatch:
 
     def apply(self, order: Order, decision: Decision) -> Order:
         """The batch's `repository.apply`: same rows and events, written by `flush`."""
-        if not decision.changes and not (decision.payment_mismatch and not order.payment_mismatch):
+        if writes_nothing(order, decision):
             return order
         history, events, version = changes_of(order, decision, now())
         self._history.extend(history)
@@ -120,17 +113,9 @@ class OrderBatch:
                   o.placed_at, o.version) for o in inserted])
         updated = [self.orders[o] for o in sorted(self._changed - self._inserted)]
         if updated:
-            await conn.executemany(
-                """UPDATE orders SET status = $2, payment_status = $3, version = $4,
-                                     payment_mismatch = payment_mismatch OR $5, updated_at = now()
-                   WHERE order_id = $1""",
-                [(o.order_id, o.state.status.value, o.state.payment_status.value, o.version, o.payment_mismatch)
-                 for o in updated])
+            await update_orders(conn, updated)
         if self._history:
-            await conn.executemany(
-                """INSERT INTO order_history (order_id, seq, from_status, to_status, from_payment_status,
-                                              to_payment_status, changed_by, reason, at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""", self._history)
+            await insert_history(conn, self._history)
         if self._payment_outcomes:
             await conn.executemany(
                 "UPDATE payments SET applied = $3, outcome = $4 WHERE order_id = $1 AND payment_id = $2",

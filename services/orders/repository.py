@@ -8,7 +8,7 @@ its own order.placed; the lock exists even before the row does, so a held paymen
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -78,11 +78,19 @@ class Order:
 # --- orders and their changes ----------------------------------------------------------------------------------
 
 
+async def lock_orders(conn: asyncpg.Connection, order_ids: list[str]) -> dict[str, Order]:
+    """Take the orders' locks for this transaction, in sorted order (two transactions never wait on each other in a
+    circle), and load those that exist. The advisory lock exists before the row does."""
+    ids = sorted(set(order_ids))
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('orders.order:' || id, 0)) "
+                       "FROM unnest($1::text[]) AS id ORDER BY id", ids)
+    rows = await conn.fetch("SELECT * FROM orders WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE", ids)
+    return {r["order_id"]: Order.from_row(r) for r in rows}
+
+
 async def lock_order(conn: asyncpg.Connection, order_id: str) -> Order | None:
     """Take the order's lock for this transaction and load it (None when it was not placed yet)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('orders.order:' || $1, 0))", order_id)
-    row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
-    return Order.from_row(row) if row else None
+    return (await lock_orders(conn, [order_id])).get(order_id)
 
 
 async def get_order(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> Order | None:
@@ -114,24 +122,40 @@ def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tup
     return rows, events, seq
 
 
-async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> Order:
-    """Write a decision: one history row and one staged `order.status` per change; a no-op writes nothing."""
-    if not decision.changes and not (decision.payment_mismatch and not order.payment_mismatch):
-        return order
-    rows, events, seq = changes_of(order, decision, now())
+def writes_nothing(order: Order, decision: Decision) -> bool:
+    """No change and no new payment-mismatch flag: nothing to write, nothing to emit."""
+    return not decision.changes and not (decision.payment_mismatch and not order.payment_mismatch)
+
+
+async def insert_history(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """`changes_of` rows."""
     await conn.executemany(
         """INSERT INTO order_history (order_id, seq, from_status, to_status, from_payment_status,
                                       to_payment_status, changed_by, reason, at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""", rows)
-    row = await conn.fetchrow(
+
+
+async def update_orders(conn: asyncpg.Connection, orders: list[Order]) -> None:
+    """Write each order's state, version and mismatch flag (the flag is never cleared here)."""
+    await conn.executemany(
         """UPDATE orders SET status = $2, payment_status = $3, version = $4,
                              payment_mismatch = payment_mismatch OR $5, updated_at = now()
-           WHERE order_id = $1 RETURNING *""",
-        order.order_id, decision.state.status.value, decision.state.payment_status.value, seq,
-        decision.payment_mismatch,
-    )
+           WHERE order_id = $1""",
+        [(o.order_id, o.state.status.value, o.state.payment_status.value, o.version, o.payment_mismatch)
+         for o in orders])
+
+
+async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> Order:
+    """Write a decision: one history row and one staged `order.status` per change; a no-op writes nothing."""
+    if writes_nothing(order, decision):
+        return order
+    rows, events, seq = changes_of(order, decision, now())
+    await insert_history(conn, rows)
+    changed = replace(order, state=decision.state, version=seq,
+                      payment_mismatch=order.payment_mismatch or decision.payment_mismatch)
+    await update_orders(conn, [changed])
     await outbox.stage(conn, events)
-    return Order.from_row(row)
+    return await get_order(conn, order.order_id)
 
 
 async def history(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
