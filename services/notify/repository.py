@@ -56,7 +56,7 @@ async def upsert_shop(conn: asyncpg.Connection, e: ShopSettings) -> bool:
     return row is not None
 
 
-async def release_waiting_for_shop(conn: asyncpg.Connection, shop_ids: Sequence[str]) -> None:
+async def release_waiting_for_shop(conn: asyncpg.Connection | asyncpg.Pool, shop_ids: Sequence[str]) -> None:
     """Mails that were waiting for these shops' settings become due now."""
     await conn.execute(
         "UPDATE mails SET next_attempt_at = now() WHERE shop_id = ANY($1::text[]) AND state = 'pending' "
@@ -151,6 +151,21 @@ async def release(pool: asyncpg.Pool, mails: Sequence[ClaimedMail], delay_second
            FROM unnest($1::text[], $2::text[]) AS k(ref, kind)
            WHERE mails.ref = k.ref AND mails.kind = k.kind""",
         [m.ref for m in mails], [m.kind for m in mails], float(delay_seconds), note,
+    )
+
+
+async def wait_for_shop(pool: asyncpg.Pool, mail: ClaimedMail, delay_seconds: float, note: str) -> None:
+    """Put back a mail that found no shop settings, for `delay_seconds` - or due at once if they arrived meanwhile.
+
+    The shop.settings consumer releases waiting rows when it commits, but this row was 'sending' then and not
+    released: the EXISTS (a snapshot taken after the sender looked) closes that lost wake-up.
+    """
+    await pool.execute(
+        """UPDATE mails SET state = 'pending', attempts = attempts - 1, last_error = $4,
+                            next_attempt_at = CASE WHEN EXISTS (SELECT 1 FROM shops s WHERE s.shop_id = mails.shop_id)
+                                                   THEN now() ELSE now() + make_interval(secs => $3) END
+           WHERE ref = $1 AND kind = $2""",
+        mail.ref, mail.kind, float(delay_seconds), note,
     )
 
 

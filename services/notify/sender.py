@@ -155,8 +155,8 @@ class MailSender:
                 mail.shop_id, waited,
             )
             if recipient is None:
-                await repository.release(pool, [mail], core.wait_for_shop_seconds(mail.audience, waited),
-                                         "waiting for the shop's settings (shop.settings)")
+                await repository.wait_for_shop(pool, mail, core.wait_for_shop_seconds(mail.audience, waited),
+                                               "waiting for the shop's settings (shop.settings)")
                 return None
             to_addr = mail.to_addr if mail.html is not None and mail.to_addr else recipient.to_addr
             if mail.html is None or mail.subject is None or mail.text is None:

@@ -69,6 +69,9 @@ def build(settings: Settings) -> Runtime:
             changed = [e.shop_id for e in events if await repository.upsert_shop(conn, e)]
             await repository.release_waiting_for_shop(conn, changed)
         if changed:
+            # Again once committed: a row a sender held while this transaction ran was not matched above; the
+            # sender's own put-back (repository.wait_for_shop) sees these settings once they are committed.
+            await repository.release_waiting_for_shop(pool, changed)
             wake_senders()
 
     return rt
