@@ -15,7 +15,8 @@ Changelog partitions (faust's own recovery reads them with acks off) are left al
 And a watchdog: records fetched around the seek can also vanish without ever reaching the guard, the fetch position
 left past them (seen once: a restarted cart worker read nothing on six partitions for minutes while they lagged,
 until new events arrived). Checked before each fetch, when every record fetched so far has been handed out: a seek
-whose record never came, although the fetch position has moved past it, is made again.
+whose record never came, although the fetch position has moved past it, is made again; so is a seek to an offset
+that the commit guard (commit_guard.py) has held too long, unprocessed while later ones were.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
+
+from orderflow.runtime import commit_guard
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +76,21 @@ def install() -> None:
     original_getmany = cls.getmany
     original_seek = cls.seek
     original_perform_seek = cls.perform_seek
+    original_revoked = cls.on_partitions_revoked
 
     def state(consumer: Any) -> tuple[dict, dict]:
         if not hasattr(consumer, "_orderflow_sought"):
             consumer._orderflow_sought = {}  # tp -> the offset the next record must have
             consumer._orderflow_jumps = {}  # tp -> (expected, offset) of the jump held back last
             consumer._orderflow_sought_at = {}  # tp -> when that seek was made (monotonic)
+            commit_guard.forget(consumer, [])  # creates the commit guard's state
         return consumer._orderflow_sought, consumer._orderflow_jumps
 
     def note_seek(consumer: Any, tp: Any, offset: int) -> None:
         sought, _ = state(consumer)
         sought[tp] = offset
         consumer._orderflow_sought_at[tp] = time.monotonic()
+        commit_guard.set_floor(consumer, tp, offset)
 
     async def unstall(consumer: Any) -> None:
         sought, _ = state(consumer)
@@ -103,6 +109,16 @@ def install() -> None:
                 except Exception as exc:  # noqa: BLE001
                     log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, expected, exc)
                     sought.pop(tp, None)
+        for tp, floor in commit_guard.held_partitions(consumer, now):
+            if tp in sought:
+                continue
+            log.warning("%s[%s]: offset %s was never processed although later ones were; reading again from %s",
+                        tp.topic, tp.partition, floor, floor)
+            try:
+                await seek(consumer, tp, floor)
+            except Exception as exc:  # noqa: BLE001 - no longer assigned: its next owner seeks anyway
+                log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, floor, exc)
+                commit_guard.forget(consumer, [tp])
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
         await original_seek(self, partition, offset)
@@ -117,9 +133,17 @@ def install() -> None:
             if offset is not None and self.app.topics.acks_enabled_for(tp.topic):
                 note_seek(self, tp, offset)
 
+    async def on_partitions_revoked(self: Any, revoked: set) -> None:
+        sought, jumps = state(self)
+        for tp in revoked:
+            sought.pop(tp, None)
+            jumps.pop(tp, None)
+        commit_guard.forget(self, revoked)
+        await original_revoked(self, revoked)
+
     async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         sought, jumps = state(self)
-        if sought and self.flow_active:
+        if self.flow_active and (sought or self._orderflow_held):
             await unstall(self)
         sought_again: set = set()  # partitions re-sought during this batch: the rest of it is stale for them
         async for tp, message in original_getmany(self, timeout):
@@ -140,6 +164,7 @@ def install() -> None:
             if verdict is Verdict.HOLE:
                 log.info("%s[%s]: offsets %s..%s are not in the log; going on from %s",
                          tp.topic, tp.partition, expected, message.offset - 1, message.offset)
+                commit_guard.mark_absent(self, tp, expected, message.offset)
             if verdict is not Verdict.BEHIND:
                 sought.pop(tp, None)
                 jumps.pop(tp, None)
@@ -148,3 +173,5 @@ def install() -> None:
     cls.getmany = getmany
     cls.seek = seek
     cls.perform_seek = perform_seek
+    cls.on_partitions_revoked = on_partitions_revoked
+    cls._new_offset = commit_guard.new_offset
