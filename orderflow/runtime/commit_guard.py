@@ -7,11 +7,14 @@ offset C, a first record at C+1 therefore commits past C whether or not C was ev
 a cart worker restarted after SIGKILL that never handled one order.status record.
 
 The rule here: the offset to commit is the end of the run of *accounted* offsets that starts exactly at the floor
-(the last commit, or the position the partition was sought to). Accounted means acknowledged by the streams, in one
-of faust's gaps (a jump between two records delivered one after the other: compaction), or proven absent by the seek
-guard (the same jump seen after two seeks). A floor that stays unaccounted while later offsets are acknowledged is
-an anomaly; the seek guard then reads the partition again from the floor (harmless: handlers are idempotent) rather
-than skip it or stall.
+(the last commit, or the position the partition was sought to). Accounted means acknowledged by the streams, proven
+absent by the seek guard (the same jump seen after two seeks), or in one of faust's gaps (a jump between two records
+delivered one after the other) on a compacted topic. A topic that is not compacted has nothing missing from the
+middle of its log (no transactional producer writes to these topics), so a jump there means records lost on the way
+from the fetch: they are read again (`suspect_jump`) instead of being counted as processed.
+
+A floor that stays unaccounted while later offsets are acknowledged is an anomaly too: the seek guard then reads the
+partition again from the floor (harmless: handlers are idempotent) rather than skip it or stall.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def _state(consumer: Any) -> Any:
         consumer._orderflow_floor = {}  # tp -> the first offset not yet committed (or sought to)
         consumer._orderflow_absent = {}  # tp -> [(start, end)] ranges proven absent from the log
         consumer._orderflow_held = {}  # tp -> (floor, since): later offsets acknowledged, the floor not
+        consumer._orderflow_suspects = {}  # tp -> the first offset of a jump to read again
     return consumer
 
 
@@ -76,12 +80,30 @@ def mark_absent(consumer: Any, tp: Any, start: int, end: int) -> None:
     _state(consumer)._orderflow_absent.setdefault(tp, []).append((start, end))
 
 
+def is_absent(consumer: Any, tp: Any, start: int, end: int) -> bool:
+    """Whether [start, end) lies within one range already proven absent."""
+    return any(a <= start and end <= b for a, b in _state(consumer)._orderflow_absent.get(tp, ()))
+
+
+def suspect_jump(consumer: Any, tp: Any, start: int) -> None:
+    """Records from `start` on were skipped between two deliveries on a topic that has no holes: read them again."""
+    suspects = _state(consumer)._orderflow_suspects
+    suspects[tp] = min(start, suspects.get(tp, start))
+
+
+def take_suspects(consumer: Any) -> dict[Any, int]:
+    c = _state(consumer)
+    taken, c._orderflow_suspects = c._orderflow_suspects, {}
+    return taken
+
+
 def forget(consumer: Any, tps: Iterable[Any]) -> None:
     c = _state(consumer)
     for tp in tps:
         c._orderflow_floor.pop(tp, None)
         c._orderflow_absent.pop(tp, None)
         c._orderflow_held.pop(tp, None)
+        c._orderflow_suspects.pop(tp, None)
 
 
 def held_partitions(consumer: Any, now: float) -> list[tuple[Any, int]]:

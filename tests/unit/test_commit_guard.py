@@ -40,3 +40,19 @@ def test_a_floor_held_a_while_is_read_again() -> None:
     assert not held_too_long(None, 100.0)
     assert not held_too_long(100.0, 100.0 + HELD_SECONDS / 2)
     assert held_too_long(100.0, 100.0 + HELD_SECONDS)
+
+
+def test_a_jump_proven_absent_is_not_taken_for_records_lost_on_the_way() -> None:
+    from orderflow.runtime import commit_guard
+
+    class Consumer:
+        pass
+
+    consumer = Consumer()
+    commit_guard.mark_absent(consumer, "tp", 10, 14)
+    assert commit_guard.is_absent(consumer, "tp", 11, 14)
+    assert not commit_guard.is_absent(consumer, "tp", 11, 15)
+    commit_guard.suspect_jump(consumer, "tp", 20)
+    commit_guard.suspect_jump(consumer, "tp", 17)
+    assert commit_guard.take_suspects(consumer) == {"tp": 17}
+    assert commit_guard.take_suspects(consumer) == {}
