@@ -67,10 +67,13 @@ def _state(consumer: Any) -> Any:
     return consumer
 
 
-def set_floor(consumer: Any, tp: Any, offset: int) -> None:
-    """The partition was sought to `offset`: what lies before it is no longer this consumer's business."""
+def set_floor(consumer: Any, tp: Any, offset: int, *, committed: bool) -> None:
+    """The partition was sought to `offset`. To its committed offset (`committed`): what lies before is no longer
+    this consumer's business. Elsewhere (reading again): the floor never moves up, records before the seek position
+    may still be on their way through the streams."""
     c = _state(consumer)
-    c._orderflow_floor[tp] = offset
+    floor = c._orderflow_floor.get(tp)
+    c._orderflow_floor[tp] = offset if committed or floor is None else min(floor, offset)
     c._orderflow_absent[tp] = [r for r in c._orderflow_absent.get(tp, []) if r[1] > offset]
     c._orderflow_held.pop(tp, None)
 

@@ -88,11 +88,11 @@ def install() -> None:
             commit_guard.forget(consumer, [])  # creates the commit guard's state
         return consumer._orderflow_sought, consumer._orderflow_jumps
 
-    def note_seek(consumer: Any, tp: Any, offset: int) -> None:
+    def note_seek(consumer: Any, tp: Any, offset: int, *, committed: bool = False) -> None:
         sought, _ = state(consumer)
         sought[tp] = offset
         consumer._orderflow_sought_at[tp] = time.monotonic()
-        commit_guard.set_floor(consumer, tp, offset)
+        commit_guard.set_floor(consumer, tp, offset, committed=committed)
 
     async def unstall(consumer: Any) -> None:
         sought, _ = state(consumer)
@@ -140,7 +140,7 @@ def install() -> None:
         sought.clear()
         for tp, offset in list(self._read_offset.items()):
             if offset is not None and self.app.topics.acks_enabled_for(tp.topic):
-                note_seek(self, tp, offset)
+                note_seek(self, tp, offset, committed=True)
 
     async def on_partitions_revoked(self: Any, revoked: set) -> None:
         sought, jumps = state(self)
