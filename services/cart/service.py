@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 import asyncpg
 import faust
+from faust.exceptions import PartitionsMismatch
 from prometheus_client import Counter, Gauge
 
 from contracts import CartUpdated, CheckoutStarted, ContractError, decode, now, topics
@@ -30,6 +33,28 @@ from services.cart import core, repository
 from services.cart.api import cart_view_handler
 
 log = logging.getLogger(__name__)
+
+TABLE_READY_SECONDS = 15.0
+
+
+def add_one(table: faust.types.tables.WindowWrapperT, key: str) -> None:
+    table[key] += 1
+
+
+async def write_table(write: Callable[[], object], what: str) -> None:
+    """faust checks a table's changelog partition count on its first write; a changelog created moments ago can
+    still show 0 partitions in the consumer's metadata. Wait for the metadata rather than let the agent crash (a
+    crash acks and skips the event)."""
+    deadline = time.monotonic() + TABLE_READY_SECONDS
+    while True:
+        try:
+            write()
+            return
+        except PartitionsMismatch as exc:
+            if time.monotonic() >= deadline:
+                log.error("%s not written: %s", what, str(exc).replace("\n", " "))
+                return
+            await asyncio.sleep(0.25)
 
 
 class CartMetrics:
@@ -81,7 +106,8 @@ def build(settings: Settings) -> Runtime:
                 continue  # the PostgreSQL handler dead-letters it
             kept = carts_table.get(cart.cart_id)
             if kept is None or datetime.fromisoformat(kept["occurred_at"]) < cart.occurred_at:
-                carts_table[cart.cart_id] = cart.model_dump(mode="json")
+                await write_table(partial(carts_table.__setitem__, cart.cart_id, cart.model_dump(mode="json")),
+                                  f"cart {cart.cart_id} (carts table)")
 
     @rt.app.agent(rt.topic(topics.CHECKOUT_STARTED), name="cart.checkouts-window")
     async def count_checkouts(stream: faust.StreamT) -> None:
@@ -90,7 +116,8 @@ def build(settings: Settings) -> Runtime:
                 started = decode(CheckoutStarted, value)
             except ContractError:
                 continue
-            checkouts_in_window[started.cart_id] += 1
+            await write_table(partial(add_one, checkouts_in_window, started.cart_id),
+                              f"checkout of cart {started.cart_id} (checkouts window)")
             if checkouts_in_window[started.cart_id].current() > 1:
                 metrics.repeat_checkouts.inc()
 
