@@ -51,6 +51,15 @@ def next_commit(floor: int | None, acked: Iterable[int], absent: Sequence[tuple[
     return end if end > floor else None
 
 
+def effective_floor(sought: int | None, committed: int | None) -> int | None:
+    """Where the run to commit must start: the later of the position sought to and what this consumer committed
+    since (a commit already on its way when the partition was sought lands after the seek; faust then refuses acks
+    below it, so waiting for them would wait forever)."""
+    if sought is None or committed is None:
+        return committed if sought is None else sought
+    return max(sought, committed)
+
+
 def held_too_long(since: float | None, now: float) -> bool:
     return since is not None and now - since >= HELD_SECONDS
 
@@ -67,14 +76,23 @@ def _state(consumer: Any) -> Any:
     return consumer
 
 
-def set_floor(consumer: Any, tp: Any, offset: int, *, committed: bool) -> None:
-    """The partition was sought to `offset`. To its committed offset (`committed`): what lies before is no longer
-    this consumer's business. Elsewhere (reading again): the floor never moves up, records before the seek position
-    may still be on their way through the streams."""
+def set_floor(consumer: Any, tp: Any, offset: int | None, *, committed: bool) -> None:
+    """The partition was sought to `offset`.
+
+    To its committed offset (`committed`; None: the group has none, the position came from auto.offset.reset):
+    what lies before is no longer this consumer's business, and commits may start. Elsewhere (reading again): the
+    floor never moves up, records before the seek position may still be on their way through the streams; and
+    before the first seek to the committed offset nothing is committed at all.
+    """
     c = _state(consumer)
-    floor = c._orderflow_floor.get(tp)
-    c._orderflow_floor[tp] = offset if committed or floor is None else min(floor, offset)
-    c._orderflow_absent[tp] = [r for r in c._orderflow_absent.get(tp, []) if r[1] > offset]
+    if not committed:
+        if tp not in c._orderflow_floor or offset is None:
+            return
+        floor = c._orderflow_floor[tp]
+        offset = offset if floor is None else min(floor, offset)
+    c._orderflow_floor[tp] = offset
+    if offset is not None:
+        c._orderflow_absent[tp] = [r for r in c._orderflow_absent.get(tp, []) if r[1] > offset]
     c._orderflow_held.pop(tp, None)
 
 
@@ -134,8 +152,12 @@ def new_offset(consumer: Any, tp: Any) -> int | None:
     acked: list[int] = consumer._acked[tp]
     if not acked:
         return None
+    if tp not in c._orderflow_floor:
+        # not yet sought to its committed offset since it was assigned: faust hands out records before that seek,
+        # and what it fetched then is not to be trusted (see seek_guard); commit nothing until the seek
+        return None
     _merge_gaps(consumer, tp, acked)
-    floor = c._orderflow_floor.get(tp, consumer._committed_offset[tp])
+    floor = effective_floor(c._orderflow_floor[tp], consumer._committed_offset[tp])
     offset = next_commit(floor, acked, c._orderflow_absent.get(tp, ()))
     if offset is None:
         if floor is not None and max(acked) > floor and tp not in c._orderflow_held:

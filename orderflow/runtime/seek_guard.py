@@ -7,6 +7,10 @@ record is taken for a gap in the log (offsets "acked" without ever being process
 the committed offset are dropped as already read. Seen here as a cart worker, restarted after SIGKILL, committing
 past checkout.started events it never handled.
 
+The fetch loop also sets its read offset from the record it just handed out once the stream took it; a record
+handed out just before the seek thereby overwrites the seek's reset and the records from the seek position up to it
+are dropped as already read. The guard resets the read offset when it lets the record at the seek position through.
+
 The guard: after a seek of an acknowledged (source) partition, the next record handed out must be the one at the
 seek position. A record further on is held back and the partition sought again; only when the very same jump comes
 back after that second seek is it a real hole in the log (compaction, retention) and the record goes through.
@@ -123,6 +127,9 @@ def install() -> None:
                 continue
             log.warning("%s[%s]: offset %s was never processed although later ones were; reading again from %s",
                         tp.topic, tp.partition, floor, floor)
+            if not hasattr(consumer, "_dbg_reread"):
+                consumer._dbg_reread = {}
+            consumer._dbg_reread[tp] = floor
             try:
                 await seek(consumer, tp, floor)
             except Exception as exc:  # noqa: BLE001 - no longer assigned: its next owner seeks anyway
@@ -138,8 +145,13 @@ def install() -> None:
         sought, _ = state(self)
         await original_perform_seek(self)
         sought.clear()
-        for tp, offset in list(self._read_offset.items()):
-            if offset is not None and self.app.topics.acks_enabled_for(tp.topic):
+        for tp in self.assignment():
+            if not self.app.topics.acks_enabled_for(tp.topic):
+                continue
+            offset = self._read_offset.get(tp)
+            if offset is None:
+                commit_guard.set_floor(self, tp, None, committed=True)  # no committed offset: nothing to check
+            else:
                 note_seek(self, tp, offset, committed=True)
 
     async def on_partitions_revoked(self: Any, revoked: set) -> None:
@@ -147,8 +159,8 @@ def install() -> None:
         for tp in revoked:
             sought.pop(tp, None)
             jumps.pop(tp, None)
-        commit_guard.forget(self, revoked)
         await original_revoked(self, revoked)
+        commit_guard.forget(self, revoked)
 
     async def add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
         spec = topics.BY_NAME.get(tp.topic)
@@ -184,8 +196,29 @@ def install() -> None:
             if verdict is not Verdict.BEHIND:
                 sought.pop(tp, None)
                 jumps.pop(tp, None)
+            if expected is not None and verdict is not Verdict.BEHIND:
+                read = self._read_offset.get(tp)
+                if read is not None and read > expected:
+                    # the fetch loop set its read offset from a record handed out before the seek, after the seek
+                    # had reset it: it would drop the records from the seek position up to there as already read
+                    log.info("%s[%s]: read offset %s predates the seek to %s; reset so the records are not dropped",
+                             tp.topic, tp.partition, read, expected)
+                self._read_offset[tp] = expected
+            if getattr(self, "_dbg_reread", {}).get(tp) == message.offset:
+                log.info("DEBUG %s[%s]: held record %s handed out (verdict %s, read offset %s)", tp.topic,
+                         tp.partition, message.offset, verdict, self._read_offset.get(tp))
             yield tp, message
 
+    original_ack = cls.ack
+
+    def ack(self: Any, message: Any) -> bool:
+        done = original_ack(self, message)
+        if getattr(self, "_dbg_reread", {}).get(message.tp) == message.offset:
+            log.info("DEBUG %s: held record %s acked=%s committed=%s in_index=%s", message.tp, message.offset, done,
+                     self._committed_offset[message.tp], message.offset in self._acked_index[message.tp])
+        return done
+
+    cls.ack = ack
     cls.getmany = getmany
     cls.seek = seek
     cls.perform_seek = perform_seek
