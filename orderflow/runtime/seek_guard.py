@@ -127,9 +127,6 @@ def install() -> None:
                 continue
             log.warning("%s[%s]: offset %s was never processed although later ones were; reading again from %s",
                         tp.topic, tp.partition, floor, floor)
-            if not hasattr(consumer, "_dbg_reread"):
-                consumer._dbg_reread = {}
-            consumer._dbg_reread[tp] = floor
             try:
                 await seek(consumer, tp, floor)
             except Exception as exc:  # noqa: BLE001 - no longer assigned: its next owner seeks anyway
@@ -204,21 +201,8 @@ def install() -> None:
                     log.info("%s[%s]: read offset %s predates the seek to %s; reset so the records are not dropped",
                              tp.topic, tp.partition, read, expected)
                 self._read_offset[tp] = expected
-            if getattr(self, "_dbg_reread", {}).get(tp) == message.offset:
-                log.info("DEBUG %s[%s]: held record %s handed out (verdict %s, read offset %s)", tp.topic,
-                         tp.partition, message.offset, verdict, self._read_offset.get(tp))
             yield tp, message
 
-    original_ack = cls.ack
-
-    def ack(self: Any, message: Any) -> bool:
-        done = original_ack(self, message)
-        if getattr(self, "_dbg_reread", {}).get(message.tp) == message.offset:
-            log.info("DEBUG %s: held record %s acked=%s committed=%s in_index=%s", message.tp, message.offset, done,
-                     self._committed_offset[message.tp], message.offset in self._acked_index[message.tp])
-        return done
-
-    cls.ack = ack
     cls.getmany = getmany
     cls.seek = seek
     cls.perform_seek = perform_seek
