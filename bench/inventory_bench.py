@@ -168,6 +168,9 @@ async def main() -> None:
     raw_lines_per_s = raw_events * (total_lines / args.orders) / raw_seconds
 
     # 3b. one worker, end to end: polled on its /metrics (cheap), then checked in PostgreSQL
+    if await pg.fetchval("SELECT count(*) FROM inventory.order_stock WHERE shop_id = $1", shop):
+        raise SystemExit("another inventory worker (e.g. the one `orderflow up` started) is consuming order.status "
+                         "into this database and took the backlog: stop it, or use a broker and database of your own")
     started = time.perf_counter()
     worker.start()
     first_seen = None

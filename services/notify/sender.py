@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 BATCH = 50
 POLL_SECONDS = 1.0
 SMTP_TIMEOUT = 10.0
+DEPTH_EVERY_SECONDS = 5.0
+"""The outbox-depth gauge counts every unsent row: a count per round would cost O(backlog) per 50 mails."""
 IDLE_CHECK_SECONDS = 15.0
 """A connection idle longer than this is checked with NOOP before use (servers drop idle clients)."""
 
@@ -64,8 +66,11 @@ class _Unreachable(Exception):
 
 
 class MailSender:
-    def __init__(self, pool: Callable[[], Awaitable[asyncpg.Pool]], settings: Settings, metrics: MailMetrics) -> None:
+    def __init__(self, pool: Callable[[], Awaitable[asyncpg.Pool]], settings: Settings, metrics: MailMetrics,
+                 *, reports_depth: bool = True) -> None:
         self._pool_factory = pool
+        self._reports_depth = reports_depth
+        self._depth_at = 0.0
         self._settings = settings
         self._metrics = metrics
         self._wake = asyncio.Event()
@@ -81,7 +86,9 @@ class MailSender:
         while True:
             try:
                 claimed = await self.send_due()
-                self._metrics.depth.set(await repository.depth(await self._pool_factory()))
+                if self._reports_depth and time.monotonic() - self._depth_at >= DEPTH_EVERY_SECONDS:
+                    self._depth_at = time.monotonic()
+                    self._metrics.depth.set(await repository.depth(await self._pool_factory()))
             except DB_ERRORS as exc:
                 log.warning("mail sender: database unavailable (%s); retrying", exc)
                 claimed = 0

@@ -25,7 +25,7 @@ def build(settings: Settings) -> Runtime:
     metrics = MailMetrics(rt.metrics.registry)
     # Several senders, each on its own SMTP connection, claim disjoint rows (SKIP LOCKED, leases) exactly as senders
     # of several workers do: one connection waits on each SMTP round trip, and a remote server's add up.
-    senders = [MailSender(rt.pool, settings, metrics) for _ in range(settings.mail_connections)]
+    senders = [MailSender(rt.pool, settings, metrics, reports_depth=i == 0) for i in range(settings.mail_connections)]
     for one in senders:
         rt.background(one.run)
 
