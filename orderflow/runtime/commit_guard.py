@@ -3,8 +3,9 @@
 Why: faust's `Consumer._new_offset` lets the record *at* the committed offset go uncommitted-yet-skipped: it commits
 the first run of acknowledged offsets as soon as that run starts at most one past the committed offset
 (`min(acked) - committed > 1` is its only check, and none at all when the committed offset is 0). After a seek to
-offset C, a first record at C+1 therefore commits past C whether or not C was ever handed to a stream. Suspected in
-a cart worker restarted after SIGKILL that never handled one order.status record.
+offset C, a first record at C+1 therefore commits past C whether or not C was ever handed to a stream. Seen in cart
+workers restarted after SIGKILL (`order.status[1]: offset 17 not processed although later ones were (18..34)`),
+where C was an ack refused by `Runtime._guard_acks` or a record faust's fetch loop dropped around its recovery seek.
 
 The rule here: the offset to commit is the end of the run of *accounted* offsets that starts exactly at the floor
 (the last commit, or the position the partition was sought to). Accounted means acknowledged by the streams, proven

@@ -56,3 +56,13 @@ def test_a_jump_proven_absent_is_not_taken_for_records_lost_on_the_way() -> None
     commit_guard.suspect_jump(consumer, "tp", 17)
     assert commit_guard.take_suspects(consumer) == {"tp": 17}
     assert commit_guard.take_suspects(consumer) == {}
+
+
+def test_the_floor_is_the_later_of_the_seek_position_and_what_was_committed_since() -> None:
+    from orderflow.runtime.commit_guard import effective_floor
+
+    assert effective_floor(17, 26) == 26  # a commit on its way during the seek landed after it
+    assert effective_floor(17, 12) == 17
+    assert effective_floor(None, 12) == 12
+    assert effective_floor(17, None) == 17
+    assert effective_floor(None, None) is None
