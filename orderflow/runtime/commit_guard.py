@@ -128,6 +128,12 @@ def forget(consumer: Any, tps: Iterable[Any]) -> None:
         c._orderflow_suspects.pop(tp, None)
 
 
+def has_repairs(consumer: Any) -> bool:
+    """Whether some partition waits to be read again (a held floor or a suspect jump)."""
+    c = _state(consumer)
+    return bool(c._orderflow_held or c._orderflow_suspects)
+
+
 def held_partitions(consumer: Any, now: float) -> list[tuple[Any, int]]:
     """Partitions whose floor has been unaccounted too long while later offsets were acknowledged."""
     c = _state(consumer)

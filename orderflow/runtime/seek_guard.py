@@ -89,7 +89,6 @@ def install() -> None:
             consumer._orderflow_sought = {}  # tp -> the offset the next record must have
             consumer._orderflow_jumps = {}  # tp -> (expected, offset) of the jump held back last
             consumer._orderflow_sought_at = {}  # tp -> when that seek was made (monotonic)
-            commit_guard.forget(consumer, [])  # creates the commit guard's state
         return consumer._orderflow_sought, consumer._orderflow_jumps
 
     def note_seek(consumer: Any, tp: Any, offset: int, *, committed: bool = False) -> None:
@@ -97,6 +96,14 @@ def install() -> None:
         sought[tp] = offset
         consumer._orderflow_sought_at[tp] = time.monotonic()
         commit_guard.set_floor(consumer, tp, offset, committed=committed)
+
+    async def seek_again(consumer: Any, tp: Any, offset: int) -> bool:
+        try:
+            await seek(consumer, tp, offset)
+            return True
+        except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile: its next owner seeks anyway
+            log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, offset, exc)
+            return False
 
     async def unstall(consumer: Any) -> None:
         sought, _ = state(consumer)
@@ -110,27 +117,18 @@ def install() -> None:
             if stalled(expected, position, now - consumer._orderflow_sought_at.get(tp, now)):
                 log.info("%s[%s]: the record at %s never came although fetching went on to %s; seeking again",
                          tp.topic, tp.partition, expected, position)
-                try:
-                    await seek(consumer, tp, expected)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, expected, exc)
+                if not await seek_again(consumer, tp, expected):
                     sought.pop(tp, None)
         for tp, start in commit_guard.take_suspects(consumer).items():
             log.info("%s[%s]: records from %s were skipped on the way (the topic has no holes); reading them again",
                      tp.topic, tp.partition, start)
-            try:
-                await seek(consumer, tp, start)
-            except Exception as exc:  # noqa: BLE001 - no longer assigned: its next owner seeks anyway
-                log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, start, exc)
+            await seek_again(consumer, tp, start)
         for tp, floor in commit_guard.held_partitions(consumer, now):
             if tp in sought:
                 continue
             log.warning("%s[%s]: offset %s was never processed although later ones were; reading again from %s",
                         tp.topic, tp.partition, floor, floor)
-            try:
-                await seek(consumer, tp, floor)
-            except Exception as exc:  # noqa: BLE001 - no longer assigned: its next owner seeks anyway
-                log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, floor, exc)
+            if not await seek_again(consumer, tp, floor):
                 commit_guard.forget(consumer, [tp])
 
     async def seek(self: Any, partition: Any, offset: int) -> None:
@@ -168,7 +166,7 @@ def install() -> None:
 
     async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
         sought, jumps = state(self)
-        if self.flow_active and (sought or self._orderflow_held or self._orderflow_suspects):
+        if self.flow_active and (sought or commit_guard.has_repairs(self)):
             await unstall(self)
         sought_again: set = set()  # partitions re-sought during this batch: the rest of it is stale for them
         async for tp, message in original_getmany(self, timeout):
@@ -181,10 +179,7 @@ def install() -> None:
                 sought_again.add(tp)
                 log.info("%s[%s]: record %s was fetched before the seek to %s; reading again from %s",
                          tp.topic, tp.partition, message.offset, expected, expected)
-                try:
-                    await seek(self, tp, expected)
-                except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile: its next owner seeks anyway
-                    log.warning("%s[%s]: seeking again to %s failed (%r)", tp.topic, tp.partition, expected, exc)
+                await seek_again(self, tp, expected)
                 continue
             if verdict is Verdict.HOLE:
                 log.info("%s[%s]: offsets %s..%s are not in the log; going on from %s",

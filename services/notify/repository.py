@@ -140,17 +140,15 @@ async def mark_failed(pool: asyncpg.Pool, mail: ClaimedMail, error: str) -> None
     )
 
 
-async def release(pool: asyncpg.Pool, mails: Sequence[ClaimedMail], delay_seconds: float = 0.0,
-                  note: str | None = None) -> None:
-    """Give claimed rows back without counting the attempt (not tried, or waiting for the shop's settings)."""
+async def release(pool: asyncpg.Pool, mails: Sequence[ClaimedMail]) -> None:
+    """Give claimed rows back, due at once, without counting the attempt (not tried in time)."""
     if not mails:
         return
     await pool.execute(
-        """UPDATE mails SET state = 'pending', attempts = attempts - 1,
-                            next_attempt_at = now() + make_interval(secs => $3), last_error = COALESCE($4, last_error)
+        """UPDATE mails SET state = 'pending', attempts = attempts - 1, next_attempt_at = now()
            FROM unnest($1::text[], $2::text[]) AS k(ref, kind)
            WHERE mails.ref = k.ref AND mails.kind = k.kind""",
-        [m.ref for m in mails], [m.kind for m in mails], float(delay_seconds), note,
+        [m.ref for m in mails], [m.kind for m in mails],
     )
 
 
