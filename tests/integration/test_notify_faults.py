@@ -71,7 +71,10 @@ async def test_smtp_down_for_a_while_then_every_mail_arrives_once(kafka_bootstra
 
 async def test_sigkill_mid_burst_loses_nothing_and_never_changes_a_message_id(
         kafka_bootstrap, database_url, producer, mailsink, tmp_path: Path) -> None:
-    worker = await notify_worker(kafka_bootstrap, database_url, tmp_path, MAIL_LEASE_SECONDS="2", **mailsink.env)
+    # one SMTP connection, so one SMTP window: with N connections (MAIL_SMTP_CONNECTIONS) a kill can catch N mails
+    # in theirs, each re-sent once with its Message-ID
+    worker = await notify_worker(kafka_bootstrap, database_url, tmp_path, MAIL_LEASE_SECONDS="2",
+                                 MAIL_SMTP_CONNECTIONS="1", **mailsink.env)
     shop, merchant = f"shop-{uid()}", f"merchant-{uid()}@example.com"
     customer = f"cust-{uid()}@example.com"
     orders = [f"o-{uid()}" for _ in range(150)]
