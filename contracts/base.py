@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from orderflow.mailaddr import AddressError, addr_spec
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s,;<>\"()\[\]\\]+@[^@\s,;<>\"()\[\]\\]+\.[^@\s,;<>\"()\[\]\\]+$")
 
@@ -20,8 +22,12 @@ def _no_control_chars(value: str) -> str:
 
 
 def _one_address(value: str) -> str:
-    if not _EMAIL.match(value):
-        raise ValueError("must be one e-mail address (name@domain), without spaces, commas or brackets")
+    """The mailer's own parser decides (orderflow.mailaddr): what passes here is what notify can send to."""
+    try:
+        addr_spec(value, require_dot=True)
+    except AddressError:
+        raise ValueError("must be one e-mail address (name@domain) that mail can be sent to: no display name, "
+                         "spaces, quotes, commas or brackets") from None
     return value
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from orderflow import mailaddr
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 _env = Environment(
@@ -28,7 +30,6 @@ _env = Environment(
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
-_ONE_ADDRESS = re.compile(r"^[^@\s,;<>\"()\[\]\\:]+@[^@\s,;<>\"()\[\]\\:]+$")
 
 SUBJECTS = {
     "new_order": "{shop}: new order {order_id} ({total}, {payment_status})",
@@ -43,7 +44,7 @@ SUBJECTS = {
 
 
 class InvalidRecipient(ValueError):
-    """The address is not exactly one plain address (a comma list, a display name, CR/LF...)."""
+    """The address is not exactly one plain address (a comma list, a display name, CR/LF...): the mail is `failed`."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,11 @@ def header_safe(value: str, limit: int = 200) -> str:
 
 
 def one_address(value: str) -> Address:
-    """Exactly one addr-spec; anything else (a list, a name, brackets, CR/LF) is refused."""
-    if not _ONE_ADDRESS.match(value):
-        raise InvalidRecipient(f"not exactly one e-mail address: {value!r}")
-    local, _, domain = value.rpartition("@")
-    return Address(username=local, domain=domain)
+    """Exactly one addr-spec (orderflow.mailaddr, the parser the contract uses); anything else is refused."""
+    try:
+        return mailaddr.addr_spec(value)
+    except mailaddr.AddressError as exc:
+        raise InvalidRecipient(str(exc)) from None
 
 
 def render(template: str, context: dict[str, Any], shop_name: str) -> Rendered:
@@ -77,11 +78,18 @@ def render(template: str, context: dict[str, Any], shop_name: str) -> Rendered:
 
 def build_message(rendered: Rendered, *, to_addr: str, from_addr: str, from_name: str, message_id: str,
                   reply_to: str | None = None, date: Any = None) -> EmailMessage:
-    """The MIME message (multipart/alternative: plain text, then HTML) with checked headers."""
+    """The MIME message (multipart/alternative: plain text, then HTML) with checked headers.
+
+    `from_addr` is MAIL_FROM (`name@domain` or `Name <name@domain>`); `from_name`, the shop's name, is the display
+    name, MAIL_FROM's own name only when it is empty.
+    """
     msg = EmailMessage(policy=SMTP)
-    sender = one_address(from_addr)
-    msg["From"] = Address(display_name=header_safe(from_name, 100), username=sender.username,
-                          domain=sender.domain)
+    try:
+        sender = mailaddr.mailbox(from_addr)
+    except mailaddr.AddressError as exc:
+        raise ValueError(f"MAIL_FROM: {exc}") from None
+    msg["From"] = Address(display_name=header_safe(from_name or sender.display_name, 100),
+                          username=sender.username, domain=sender.domain)
     msg["To"] = one_address(to_addr)
     if reply_to:
         msg["Reply-To"] = one_address(reply_to)
