@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from orderflow.runtime.outbox import parked_rows
+
 
 class RuntimeMetrics:
     def __init__(self, service: str) -> None:
@@ -26,6 +28,10 @@ class RuntimeMetrics:
                                ["topic"], registry=r)
         self.outbox_published = Counter("orderflow_outbox_published_total", "Events relayed to Kafka", registry=r)
         self.outbox_depth = Gauge("orderflow_outbox_depth", "Events staged but not yet relayed", registry=r)
+        self.outbox_parked = Gauge("orderflow_outbox_parked",
+                                   "Outbox rows parked: never publishable as they are (orderflow outbox list)",
+                                   registry=r)
+        self.outbox_parked.set_function(parked_rows)
         self.info = Gauge("orderflow_service_info", "Which service this is", ["service"], registry=r)
         self.info.labels(service=service).set(1)
 
