@@ -34,6 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"orderflow-{args.service}: configuration error: {exc}", file=sys.stderr)
         return 2
+    import asyncio
+
+    from orderflow.runtime import db, faust_adapter
+
+    try:
+        faust_adapter.check()
+    except faust_adapter.UnsupportedFaust as exc:
+        print(f"orderflow-{args.service}: {exc}", file=sys.stderr)
+        return 2
+    check_loop = asyncio.new_event_loop()  # not asyncio.run: it would unset the loop faust's worker is to use
+    try:
+        problem = check_loop.run_until_complete(db.misconfiguration(settings.database_url))
+    finally:
+        check_loop.close()
+    if problem:
+        print(f"orderflow-{args.service}: configuration error: {problem}", file=sys.stderr)
+        return 2
     level = runtime.settings.log_level
     worker = faust.Worker(runtime.app, runtime, loglevel=level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -1,60 +1,79 @@
-"""The runtime every service shares: faust app, PostgreSQL pool, outbox relay, dead letters, HTTP, metrics.
+"""The runtime every service shares: faust app, PostgreSQL pool, units of work, outbox relay, dead letters, HTTP.
 
-A service builds one `Runtime`, registers handlers with `consume`, adds routes, and is done. Nothing opens a
-connection at import time: the pool, the relay and the HTTP server start with the worker.
+A service builds one `Runtime`, wires its handlers with `consume(topic, handler)`, adds routes, and is done.
+Nothing opens a connection at import time: the pool, the relay and the HTTP server start with the worker.
+
+From topic to handler (runtime v2):
+1. faust hands out a batch of records; sources are subscribed with `acks=False`, so faust never commits by itself.
+2. Each record passes its partition's gate (`positions.py`): below the stored position it is dropped, beyond it the
+   partition is sought back. Nothing is decoded before that.
+3. Records are decoded; those that break the contract go to their DLQ (the broker acknowledged it before going on).
+4. One unit of work (`unit.py`): the handler's effects, the events it emits and the new positions commit together.
+5. Failures are classified (`failures.py`): a dependency away pauses the handler with capped backoff and shows on
+   `/health`; an event that fails alone, again and again, is dead-lettered and the partition flows on.
+6. Committed positions are committed to the broker every second, for lag tooling only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import faust
-from aiokafka.errors import KafkaError
 from mode import Service
 
 from contracts import ContractError, Event, TopicSpec, decode
-from orderflow.runtime import db, outbox, seek_guard
+from orderflow.runtime import db, faust_adapter, outbox
 from orderflow.runtime.dlq import DeadLetters, Source
+from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify, describe
 from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
 from orderflow.runtime.outbox import OutboxRelay
+from orderflow.runtime.positions import PartitionGate, Verdict
+from orderflow.runtime.unit import PositionMoved, PositionWrite, UnitOfWork, load_positions, store_positions
 from orderflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 E = TypeVar("E", bound=Event)
 
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-             asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError, KafkaError, TimeoutError)
-"""Errors that mean "try again later" (database or broker away), never "this event is bad"."""
+Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
+"""`async def handle(uow, events)`: a plain module-level function (see `unit.py`)."""
 
-
-class Rejected(Exception):
-    """Raised by a handler for an event that honours the contract but cannot be applied (e.g. an unknown SKU)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+COMMIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
-class Incoming(Generic[E]):
-    event: E
-    source: Source
+class Record:
+    """One record as faust handed it out: where it is, and its raw key and value."""
+
+    tp: Any
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def source(self) -> Source:
+        return Source(self.tp.topic, self.tp.partition, self.offset, self.key, self.value)
 
 
-Handler = Callable[[list[Incoming[Any]]], Awaitable[None]]
+class EventFailed(Exception):
+    """A handler failed for a cause that lies in the events (not a dependency): split the batch, find the one."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
 
 
 def make_faust_app(settings: Settings) -> faust.App:
-    seek_guard.install()
     sec = settings.kafka_security
     credentials = None
     ssl_context = None
@@ -83,7 +102,6 @@ def make_faust_app(settings: Settings) -> faust.App:
         producer_max_request_size=2 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=4 * 1024 * 1024,
-        broker_commit_interval=0.5,
         # A SIGKILLed worker holds its partitions until its session expires: 10 s, not faust's 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
@@ -99,11 +117,17 @@ class Runtime(Service):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self.service = settings.service
+        self.group = settings.app_id
         self.app = make_faust_app(settings)
         self.metrics = RuntimeMetrics(settings.service)
+        self.context: Any = None  # what a service's handlers find as `uow.context` (its metrics, its settings)
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._assigned_once = False
+        self._gates: dict[Any, PartitionGate] = {}
+        self._unsent: dict[Any, int] = {}  # positions committed in PostgreSQL, not yet on the broker
+        self._consumed: set[str] = set()
+        self._waiting: dict[str, str] = {}  # what is waiting on a dependency -> the last error
         self._health_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
         self.http = HttpSurface(settings.http_port, settings.backoffice_token, self.health, self.render_metrics)
@@ -112,6 +136,7 @@ class Runtime(Service):
         self.outbox = OutboxRelay(self.pool, settings.service, self._send_soon,
                                   on_published=self.metrics.outbox_published.inc)
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
         super().__init__(**kwargs)
 
     # --- resources ------------------------------------------------------------------------------------------
@@ -147,27 +172,31 @@ class Runtime(Service):
         await self.http.start()
         self.add_future(self.outbox.run())
         self.add_future(self._prune_outbox())
+        self.add_future(self._commit_positions_to_broker())
+        self.add_future(self._seek_watchdog())
         for fn in self._background:
             self.add_future(self._keep_running(fn))
 
     async def _keep_running(self, fn: Callable[[], Awaitable[None]]) -> None:
+        attempt = 0
         while not self.should_stop:
             try:
                 await fn()
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("background task %s failed; restarting it", fn.__name__)
-                await asyncio.sleep(1.0)
+            except Exception as exc:  # noqa: BLE001 - a background task is restarted, with backoff, never lost
+                attempt += 1
+                log.warning("background task %s failed (%s); restarting it", fn.__name__, describe(exc))
+                await asyncio.sleep(backoff(attempt))
 
     async def _prune_outbox(self) -> None:
         """Published outbox rows are kept a day for inspection, then deleted, hourly."""
         while not self.should_stop:
             try:
                 await self.outbox.prune(older_than_hours=24)
-            except TRANSIENT as exc:
-                log.warning("outbox prune skipped: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: skipped, tried in an hour
+                log.warning("outbox prune skipped: %s", describe(exc))
             await self.sleep(3600)
 
     async def on_stop(self) -> None:
@@ -176,26 +205,15 @@ class Runtime(Service):
             await self._pool.close()
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """Positions are read again from PostgreSQL on the next record of each assigned partition."""
         self._assigned_once = True
-        self._guard_acks()
+        for tp in assigned:
+            self._gates.pop(tp, None)
 
-    def _guard_acks(self) -> None:
-        """At a rebalance or a stop faust drops the messages still queued (fetched in an older generation, or
-        while the flow is suspended) and *acks* them, so their offsets get committed although no handler ever saw
-        them: lost. Only a message fetched in the current generation, acked while the flow runs, may advance the
-        committed offset; the others are simply read again from the committed offset (handlers are idempotent)."""
-        consumer = self.app.consumer
-        if getattr(consumer, "_orderflow_acks_guarded", False):
-            return
-        app, ack = self.app, consumer.ack
-
-        def guarded_ack(message: Any) -> bool:
-            if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
-                return False
-            return ack(message)
-
-        consumer.ack = guarded_ack
-        consumer._orderflow_acks_guarded = True
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            self._gates.pop(tp, None)
+            self._unsent.pop(tp, None)
 
     async def health(self) -> dict[str, Any]:
         report: dict[str, Any] = {"service": self.service}
@@ -203,106 +221,275 @@ class Runtime(Service):
             pool = await asyncio.wait_for(self.pool(), timeout=2)
             await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout=2)
             report["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as text
-            report["database"] = f"error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as one line
+            report["database"] = f"error: {describe(exc)}"
         report["consumer"] = "assigned" if self._assigned_once and not self.app.rebalancing else "waiting"
+        if self._waiting:
+            report["paused"] = dict(self._waiting)
         for check in self._health_checks:
             report.update(await check())
-        report["ready"] = report["database"] == "ok" and report["consumer"] == "assigned" and all(
-            v in {"ok", "assigned"} for k, v in report.items() if k.endswith("_check")
-        )
+        report["ready"] = (report["database"] == "ok" and report["consumer"] == "assigned" and not self._waiting
+                           and all(v in {"ok", "assigned"} for k, v in report.items() if k.endswith("_check")))
         return report
 
     def render_metrics(self) -> bytes:
         self.metrics.outbox_depth.set(self.outbox.depth)
         return self.metrics.render()
 
+    # --- units of work --------------------------------------------------------------------------------------
+
+    async def run_unit(self, work: Callable[[UnitOfWork], Awaitable[T]], *, topic: str | None = None,
+                       wait_for_dependencies: bool = True, attempts: int = 3) -> T:
+        """Run `work` in one transaction, then stage its events, wake the relay and run its after-commit callbacks.
+
+        A dependency failure (database away, lock race, deadlock) runs it again with capped backoff: for as long
+        as it takes on a stream (`wait_for_dependencies`), `attempts` times for an HTTP request (then it raises and
+        the request gets a 503). Anything else raises at once: the caller decides whose fault it is.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            staged_before = outbox.staged_so_far()  # repositories may stage through `outbox.stage` themselves
+            try:
+                pool = await self.pool()
+                async with pool.acquire() as conn, conn.transaction():
+                    uow = UnitOfWork(conn, self.context, topic)
+                    result = await work(uow)
+                    if uow.staged:
+                        await outbox.stage(conn, uow.staged)
+            except (asyncio.CancelledError, PositionMoved):
+                raise
+            except Exception as exc:
+                if classify(exc) is Cause.EVENT or (not wait_for_dependencies and attempt >= attempts):
+                    raise
+                self._pause(topic or "http", exc, attempt)
+                await asyncio.sleep(backoff(attempt))
+                continue
+            self._resume(topic or "http")
+            if outbox.staged_so_far() != staged_before:
+                self.outbox.wake()
+            for fn in uow.callbacks:
+                if inspect.isawaitable(done := fn()):
+                    await done
+            return result
+
+    def _pause(self, what: str, exc: BaseException, attempt: int) -> None:
+        self._waiting[what] = describe(exc)
+        self.metrics.retries.labels(what).inc()
+        self.metrics.paused.labels(what).set(1)
+        log.log(logging.WARNING if attempt in (1, 5) or attempt % 20 == 0 else logging.DEBUG,
+                "%s: waiting for a dependency (attempt %d): %s", what, attempt, describe(exc))
+
+    def _resume(self, what: str) -> None:
+        if self._waiting.pop(what, None) is not None:
+            self.metrics.paused.labels(what).set(0)
+            log.info("%s: dependency back; going on", what)
+
+    async def _until_done(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn` until it succeeds, waiting with backoff on dependency failures (anything else raises)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if classify(exc) is Cause.EVENT:
+                    raise
+                self._pause(what, exc, attempt)
+                await asyncio.sleep(backoff(attempt))
+                continue
+            self._resume(what)
+            return result
+
     # --- consuming ------------------------------------------------------------------------------------------
 
     def topic(self, spec: TopicSpec) -> faust.TopicT:
+        """A source topic as faust subscribes it: acks off, so faust never commits an offset by itself."""
         return self.app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                              value_serializer="raw", partitions=self.settings.topic_partitions)
+                              value_serializer="raw", partitions=self.settings.topic_partitions, acks=False)
 
-    def consume(self, spec: TopicSpec, *, batch: int = 1, within: float = 0.02) -> Callable[[Handler], Handler]:
-        """Decorator: `handler(list[Incoming])` gets the valid events of each batch, in offset order.
+    def consume(self, spec: TopicSpec, handler: Handler, *, batch: int = 1, within: float = 0.02) -> Handler:
+        """Feed `handler(uow, events)` the valid events of each batch, in offset order per partition."""
+        if spec.name in self._consumed:
+            raise ValueError(f"{spec.name} is consumed twice by {self.service}: positions are per (group, topic)")
+        self._consumed.add(spec.name)
 
-        Invalid ones are dead-lettered first. Offsets are acknowledged only after the handler returned and every
-        dead letter was written, so a crash redelivers (at-least-once); handlers make that harmless by key.
-        """
+        async def agent(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(batch, within=within):
+                records = [Record(e.message.tp, e.message.offset, e.key, e.value) for e in events]
+                try:
+                    await self._consume(spec, handler, records)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - a runtime bug: never let faust skip; the positions re-read
+                    log.exception("%s: batch not applied; its partitions are read again from their positions",
+                                  spec.name)
+                    for tp in {r.tp for r in records}:
+                        self._gates.pop(tp, None)
+                    await asyncio.sleep(1.0)
 
-        def register(handler: Handler) -> Handler:
-            topic = self.topic(spec)
+        agent.__name__ = handler.__name__
+        self.app.agent(self.topic(spec), name=f"{self.service}.{handler.__name__}")(agent)
+        return handler
 
-            async def agent(stream: faust.StreamT) -> None:
-                # faust's take_events acks a batch in a `finally` when the generator resumes for the next batch or
-                # is closed, so a batch must never be left unprocessed: retry it in place, and void those acks if
-                # cancelled. That `finally` is the one ack: acking here too would decrement the message's reference
-                # count twice and commit it before another agent on the same topic (a table agent) has seen it.
-                async for events in stream.take_events(batch, within=within):
-                    while True:
-                        try:
-                            await self._process(spec, handler, events)
-                            break
-                        except asyncio.CancelledError:
-                            for event in events:  # a stop mid-batch: these offsets must not be committed
-                                event.message.acked = True
-                            raise
-                        except Exception:  # never let an exception escape: faust would ack and skip
-                            log.exception("unexpected failure processing %s; retrying the batch", spec.name)
-                            await asyncio.sleep(1.0)
+    async def _consume(self, spec: TopicSpec, handler: Handler, records: Sequence[Record]) -> None:
+        await self._load_gates(spec.name, {r.tp for r in records})
+        start = {tp: self._gates[tp].position for tp in {r.tp for r in records}}
+        now = time.monotonic()
+        admitted: list[Record] = []
+        seeks: dict[Any, int] = {}
+        for record in records:
+            gate = self._gates[record.tp]
+            verdict = gate.admit(record.offset, now)
+            if verdict is Verdict.APPLY:
+                admitted.append(record)
+            elif verdict is Verdict.SEEK:
+                seeks[record.tp] = gate.next_wanted()
+            elif verdict is Verdict.DROP:
+                self.metrics.redelivered.labels(spec.name).inc()
+        for tp, offset in seeks.items():
+            log.info("%s[%s]: records before %s did not come; reading again from %s", tp.topic, tp.partition,
+                     gate_jump(self._gates[tp]), offset)
+            await self._seek(tp, offset)
+        if admitted:
+            self.metrics.events_in.labels(spec.name).inc(len(admitted))
+            await self._apply(spec, handler, admitted, start)
 
-            agent.__name__ = f"{handler.__name__}"
-            self.app.agent(topic, name=f"{self.service}.{handler.__name__}")(agent)
-            return handler
-
-        return register
-
-    async def _process(self, spec: TopicSpec, handler: Handler, events: Sequence[Any]) -> None:
-        good: list[Incoming[Any]] = []
-        for ev in events:
-            msg = ev.message
-            source = Source(msg.topic, msg.partition, msg.offset, ev.key, ev.value)
-            self.metrics.events_in.labels(spec.name).inc()
-            try:
-                good.append(Incoming(decode(spec.model, ev.value), source))
-            except ContractError as exc:
-                await self.dlq.send(source, exc.reason, exc.kind)
-        if not good:
+    async def _load_gates(self, topic: str, tps: set[Any]) -> None:
+        missing = [tp for tp in tps if tp not in self._gates]
+        if not missing:
             return
-        self.metrics.batch_size.labels(spec.name).observe(len(good))
-        started = time.perf_counter()
-        staged = outbox.staged_so_far()
-        await self._apply(spec, handler, good)
-        self.metrics.handler_seconds.labels(spec.name).observe(time.perf_counter() - started)
-        if outbox.staged_so_far() != staged:
-            self.outbox.wake()
 
-    async def _apply(self, spec: TopicSpec, handler: Handler, batch: list[Incoming[Any]]) -> None:
-        """Transient failures retry forever with backoff; a bad batch is split to find and dead-letter the culprit."""
-        delay = 0.2
-        attempts = 0
-        while True:
-            try:
-                await handler(batch)
-                return
-            except TRANSIENT as exc:
-                self.metrics.retries.labels(spec.name).inc()
-                log.warning("%s: transient error (%s); retrying in %.1fs", spec.name, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Rejected as exc:
-                if len(batch) == 1:
-                    await self.dlq.send(batch[0].source, exc.reason, "rejected")
-                    return
-                break
-            except Exception as exc:
-                attempts += 1
-                if len(batch) > 1:
+        async def load() -> dict[int, int]:
+            return await load_positions(await self.pool(), self.group, topic, [tp.partition for tp in missing])
+
+        stored = await self._until_done(topic, load)
+        for tp in missing:
+            self._gates[tp] = PartitionGate(stored.get(tp.partition))
+
+    async def _seek(self, tp: Any, offset: int) -> None:
+        try:
+            await faust_adapter.seek(self.app, tp, offset)
+        except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its next owner starts from the position
+            log.info("%s[%s]: seek to %s not made (%s)", tp.topic, tp.partition, offset, describe(exc))
+
+    def _decode(self, spec: TopicSpec, record: Record) -> Event | ContractError:
+        try:
+            return decode(spec.model, record.value)
+        except ContractError as exc:
+            return exc
+
+    async def _apply(self, spec: TopicSpec, handler: Handler, records: list[Record],
+                     start: dict[Any, int | None]) -> None:
+        items: list[tuple[Record, Event | None]] = []
+        for record in records:  # contract breakers go to their DLQ once, here; their unit only moves the position
+            event = self._decode(spec, record)
+            if isinstance(event, ContractError):
+                await self._dead_letter(record, event.reason, event.kind)
+                event = None
+            items.append((record, event))
+        started = time.perf_counter()
+        try:
+            await self._unit(spec, handler, items, start)
+        except PositionMoved:
+            for tp in {r.tp for r in records}:
+                self._gates.pop(tp, None)
+            await self._consume(spec, handler, records)  # now below the moved positions: dropped
+            return
+        except EventFailed as failed:
+            log.warning("%s: a batch of %d failed (%s); applying its events one by one", spec.name, len(items),
+                        failed)
+            for tp in {r.tp for r in records}:
+                self._gates[tp].rolled_back()
+            await self._one_by_one(spec, handler, items, start)
+        self.metrics.handler_seconds.labels(spec.name).observe(time.perf_counter() - started)
+
+    async def _one_by_one(self, spec: TopicSpec, handler: Handler, items: list[tuple[Record, Event | None]],
+                          start: dict[Any, int | None]) -> None:
+        """Each event its own unit; one that fails alone EVENT_ATTEMPTS times is dead-lettered with the reason."""
+        position = dict(start)
+        for record, event in items:
+            one = {record.tp: position.get(record.tp)}
+            for attempt in range(1, EVENT_ATTEMPTS + 1):
+                try:
+                    await self._unit(spec, handler, [(record, event)], one)
                     break
-                if attempts >= 3:
-                    log.exception("%s: event failed 3 times; dead-lettering it", spec.name)
-                    await self.dlq.send(batch[0].source, f"handler error: {exc!r}", "handler_error")
-                    return
-                await asyncio.sleep(delay)
-        for one in batch:  # split: apply one at a time so only the culprit is dead-lettered
-            await self._apply(spec, handler, [one])
+                except PositionMoved:
+                    self._gates.pop(record.tp, None)
+                    await self._consume(spec, handler, [record])
+                    break
+                except EventFailed as failed:
+                    if attempt < EVENT_ATTEMPTS:
+                        await asyncio.sleep(backoff(attempt))
+                        continue
+                    log.error("%s[%s]@%s failed %d times alone (%s); dead-lettering it", record.tp.topic,
+                              record.tp.partition, record.offset, EVENT_ATTEMPTS, failed)
+                    await self._dead_letter(record, f"handler error: {failed}", "handler_error")
+                    await self._unit(spec, handler, [(record, None)], one)
+            position[record.tp] = record.offset + 1
+
+    async def _unit(self, spec: TopicSpec, handler: Handler, items: list[tuple[Record, Event | None]],
+                    start: dict[Any, int | None]) -> None:
+        """One transaction: the handler over the events (None: dead-lettered already), the new positions."""
+        events = [e for _, e in items if e is not None]
+        sources = {id(e): r for r, e in items if e is not None}
+        ends: dict[Any, int] = {}
+        for record, _ in items:
+            ends[record.tp] = max(ends.get(record.tp, 0), record.offset + 1)
+        writes = [PositionWrite(tp.topic, tp.partition, start.get(tp), end) for tp, end in ends.items()]
+
+        async def work(uow: UnitOfWork) -> None:
+            if events:
+                try:
+                    await handler(uow, events)
+                except Exception as exc:
+                    if classify(exc) is Cause.EVENT:
+                        raise EventFailed(exc) from exc
+                    raise
+                for event, reason in uow.rejected:
+                    await self._dead_letter(sources[id(event)], reason, "rejected")
+            await store_positions(uow.conn, self.group, writes)
+
+        await self.run_unit(work, topic=spec.name)
+        for tp, end in ends.items():
+            if (gate := self._gates.get(tp)) is not None:
+                gate.committed(end)
+            self._unsent[tp] = end
+            start[tp] = end
+
+    async def _dead_letter(self, record: Record, reason: str, kind: str) -> None:
+        await self._until_done(f"{record.tp.topic}.dlq", lambda: self.dlq.send(record.source, reason, kind))
+
+    # --- housekeeping ---------------------------------------------------------------------------------------
+
+    async def _commit_positions_to_broker(self) -> None:
+        """The broker's committed offsets follow PostgreSQL's positions (lag tools read them); never lead them."""
+        while not self.should_stop:
+            await self.sleep(COMMIT_SECONDS)
+            if not self._unsent or self.app.rebalancing:
+                continue
+            offsets, self._unsent = self._unsent, {}
+            try:
+                if not await faust_adapter.commit(self.app, offsets):
+                    log.debug("positions not committed to the broker (rebalancing)")
+            except Exception as exc:  # noqa: BLE001 - only lag figures depend on it; tried again next second
+                log.info("positions not committed to the broker: %s", describe(exc))
+                for tp, offset in offsets.items():
+                    self._unsent.setdefault(tp, offset)
+
+    async def _seek_watchdog(self) -> None:
+        """A seek whose first record never came is made again (faust can drop the records read again)."""
+        while not self.should_stop:
+            await self.sleep(0.5)
+            now = time.monotonic()
+            for tp, gate in list(self._gates.items()):
+                if (offset := gate.overdue(now)) is not None:
+                    log.info("%s[%s]: nothing read since the seek to %s; seeking again", tp.topic, tp.partition,
+                             offset)
+                    await self._seek(tp, offset)
+
+
+def gate_jump(gate: PartitionGate) -> str:
+    return str(gate.jump) if gate.jump is not None else "?"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 import zlib
 from pathlib import Path
 
@@ -84,22 +83,36 @@ async def migrate_all(database_url: str) -> dict[str, list[str]]:
     return {spec.name: await migrate_service(database_url, spec.name) for spec in discover()}
 
 
-async def first_time(conn: asyncpg.Connection, event_id: uuid.UUID, topic: str) -> bool:
-    """Record that this event is being applied; False when it already was (a duplicate or a replay)."""
-    row = await conn.fetchrow(
-        "INSERT INTO processed_events (event_id, topic) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
-        event_id,
-        topic,
-    )
-    return row is not None
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(unparseable URL)"
 
 
-async def first_times(conn: asyncpg.Connection, event_ids: list[uuid.UUID], topic: str) -> set[uuid.UUID]:
-    """Set-based `first_time` for a batch: returns the ids that were new."""
-    rows = await conn.fetch(
-        "INSERT INTO processed_events (event_id, topic) SELECT unnest($1::uuid[]), $2 "
-        "ON CONFLICT DO NOTHING RETURNING event_id",
-        list(dict.fromkeys(event_ids)),
-        topic,
-    )
-    return {r["event_id"] for r in rows}
+MISCONFIGURED_SQLSTATE_CLASSES = ("28", "3D")  # wrong password or role; database missing
+
+
+async def misconfiguration(database_url: str, timeout: float = 5.0) -> str | None:
+    """One line when DATABASE_URL can never work (bad URL, wrong password, missing database); None when it works or
+    when the server is merely unreachable now (the worker then waits for it and reports it on /health)."""
+    try:
+        conn = await asyncpg.connect(database_url, timeout=timeout)
+    except asyncpg.PostgresError as exc:
+        code = getattr(exc, "sqlstate", "") or ""
+        if code[:2] in MISCONFIGURED_SQLSTATE_CLASSES:
+            return f"DATABASE_URL {redact(database_url)}: {str(exc).splitlines()[0]}"
+        return None
+    except (OSError, TimeoutError, asyncpg.InterfaceError):
+        return None
+    except (ValueError, TypeError, asyncpg.ClientConfigurationError) as exc:
+        return f"DATABASE_URL {redact(database_url)} is not a usable PostgreSQL URL: {exc}"
+    await conn.close()
+    return None

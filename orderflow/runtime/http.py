@@ -15,6 +15,8 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from orderflow.runtime.failures import Cause, classify, describe
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,7 +92,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         if exc.status < 400:
             raise
         return error(exc.status, exc.reason or "error")
-    except Exception:
+    except Exception as exc:
+        if classify(exc) is Cause.DEPENDENCY:
+            log.warning("%s %s: %s", request.method, request.path, describe(exc))
+            return error(503, "the database or the broker is unavailable; try again shortly")
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "internal error")
 

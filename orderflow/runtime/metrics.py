@@ -26,6 +26,11 @@ class RuntimeMetrics:
         )
         self.retries = Counter("orderflow_handler_retries_total", "Batches retried after a transient error",
                                ["topic"], registry=r)
+        self.paused = Gauge("orderflow_paused", "1 while a handler waits for a dependency (database, broker)",
+                            ["topic"], registry=r)
+        self.redelivered = Counter("orderflow_records_redelivered_total",
+                                   "Records dropped as below their stored consumer position (applied already)",
+                                   ["topic"], registry=r)
         self.outbox_published = Counter("orderflow_outbox_published_total", "Events relayed to Kafka", registry=r)
         self.outbox_depth = Gauge("orderflow_outbox_depth", "Events staged but not yet relayed", registry=r)
         self.outbox_parked = Gauge("orderflow_outbox_parked",

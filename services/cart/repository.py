@@ -160,3 +160,9 @@ async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500) -> lis
         limit,
     )
     return [_checkout(r) for r in rows]
+
+
+async def park_checkout(conn: asyncpg.Connection, cart_id: str, reason: str) -> None:
+    """A claimed checkout whose event could not be built: kept, with the reason, for an operator to look at."""
+    await conn.execute("UPDATE checkouts SET parked_reason = $2, updated_at = now() WHERE cart_id = $1",
+                       cart_id, reason[:1000])

@@ -18,18 +18,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 
-import asyncpg
 import faust
 from faust.exceptions import PartitionsMismatch
-from prometheus_client import Counter, Gauge
 
 from contracts import CartUpdated, CheckoutStarted, ContractError, decode, now, topics
-from orderflow.runtime import outbox
-from orderflow.runtime.app import Incoming, Runtime
-from orderflow.runtime.db import first_times
+from orderflow.runtime.app import Runtime
+from orderflow.runtime.failures import describe
+from orderflow.runtime.unit import UnitOfWork
 from orderflow.services import ServiceSpec
 from orderflow.settings import Settings
-from services.cart import core, repository
+from services.cart import core, handlers, repository
 from services.cart.api import cart_view_handler
 
 log = logging.getLogger(__name__)
@@ -57,25 +55,6 @@ async def write_table(write: Callable[[], object], what: str) -> None:
             await asyncio.sleep(0.25)
 
 
-class CartMetrics:
-    def __init__(self, rt: Runtime) -> None:
-        r = rt.metrics.registry
-        self.snapshots = Counter("orderflow_cart_snapshots_total", "Cart snapshots applied", registry=r)
-        self.open_carts = Gauge("orderflow_cart_open_carts", "Carts not yet turned into an order", registry=r)
-        self.abandoned = Counter("orderflow_cart_abandoned_checkouts_total", "Abandoned checkouts detected",
-                                 registry=r)
-        self.out_of_stock_shown = Counter("orderflow_cart_out_of_stock_items_shown_total",
-                                          "Cart lines shown as out of stock by GET /carts", registry=r)
-        self.repeat_checkouts = Counter(
-            "orderflow_cart_repeat_checkouts_total",
-            "checkout.started for a cart that already started one in the same window (windowed table)", registry=r)
-
-
-def _checkout_facts(e: CheckoutStarted) -> core.Started:
-    return core.Started(e.cart_id, e.shop_id, e.event_id, e.customer.model_dump(mode="json", exclude_none=True),
-                        [i.model_dump(mode="json", exclude_none=True) for i in e.items], e.occurred_at)
-
-
 def build(settings: Settings) -> Runtime:
     """Wires handlers, the two faust tables, the abandon scanner and GET /carts/{cart_id}.
 
@@ -86,8 +65,9 @@ def build(settings: Settings) -> Runtime:
     event, has none of those holes: exactly one checkout.abandoned across 8 partitions, restarts and replays.
     """
     rt = Runtime(settings)
-    metrics = CartMetrics(rt)
+    metrics = handlers.CartMetrics(rt.metrics.registry)
     default_after = timedelta(seconds=settings.abandon_after_seconds)
+    rt.context = handlers.Context(default_abandon_after=default_after, metrics=metrics)
     partitions = settings.topic_partitions
 
     json_schema = faust.Schema(key_serializer="json", value_serializer="json")
@@ -123,92 +103,40 @@ def build(settings: Settings) -> Runtime:
 
     # --- PostgreSQL: the durable cart, stock, settings and checkout watches -----------------------------------
 
-    @rt.consume(topics.CART_UPDATED, batch=200, within=0.05)
-    async def carts_updated(batch: list[Incoming[CartUpdated]]) -> None:
-        snapshots = [(e.cart_id, e.shop_id, e.customer.model_dump(mode="json", exclude_none=True),
-                      [i.model_dump(mode="json", exclude_none=True) for i in e.items], e.occurred_at)
-                     for e in (i.event for i in batch)]
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await repository.save_snapshots(conn, snapshots)
-        metrics.snapshots.inc(len(snapshots))
-
-    @rt.consume(topics.INVENTORY_LEVELS, batch=500, within=0.05)
-    async def levels_reported(batch: list[Incoming]) -> None:
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await repository.save_levels(conn, [(e.shop_id, e.sku, e.available, e.updated_at)
-                                                for e in (i.event for i in batch)])
-
-    @rt.consume(topics.SHOP_SETTINGS, batch=100, within=0.05)
-    async def shop_settings_changed(batch: list[Incoming]) -> None:
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await repository.save_shop_settings(conn, [(e.shop_id, e.abandon_after_seconds, e.occurred_at)
-                                                       for e in (i.event for i in batch)])
-
-    async def watch(conn: asyncpg.Connection, spec: topics.TopicSpec, facts: list, decide) -> None:  # noqa: ANN001
-        """Apply checkout transitions (`decide` is a core.on_* rule) for new events, in offset order."""
-        new = await first_times(conn, [event_id for event_id, _ in facts], spec.name)
-        fresh = [f for event_id, f in facts if event_id in new]
-        if not fresh:
-            return
-        current = await repository.lock_checkouts(conn, [f.cart_id for f in fresh])
-        after = await repository.abandon_after_by_shop(conn, [f.shop_id for f in fresh])
-        changed: dict[str, core.Checkout] = {}
-        for f in fresh:
-            seconds = after.get(f.shop_id)
-            decided = decide(current.get(f.cart_id), f, timedelta(seconds=seconds) if seconds else default_after)
-            if decided is not None:
-                current[f.cart_id] = changed[f.cart_id] = decided
-        await repository.save_checkouts(conn, changed.values())
-
-    async def in_transaction(fn, *args) -> None:  # noqa: ANN001
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await fn(conn, *args)
-
-    @rt.consume(topics.CHECKOUT_STARTED, batch=200, within=0.05)
-    async def checkouts_started(batch: list[Incoming[CheckoutStarted]]) -> None:
-        await in_transaction(watch, topics.CHECKOUT_STARTED,
-                             [(i.event.event_id, _checkout_facts(i.event)) for i in batch], core.on_checkout_started)
-
-    @rt.consume(topics.ORDER_PLACED, batch=200, within=0.05)
-    async def orders_placed(batch: list[Incoming]) -> None:
-        events = [i.event for i in batch]
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            await repository.mark_ordered(conn, [(e.cart_id, e.shop_id, e.order_id, e.occurred_at) for e in events])
-            await watch(conn, topics.ORDER_PLACED, [(e.event_id, core.Placed(
-                e.cart_id, e.shop_id, e.order_id, e.customer.model_dump(mode="json", exclude_none=True),
-                [i.model_dump(mode="json") for i in e.items], e.occurred_at, e.payment.method == "gateway"))
-                for e in events], core.on_order_placed)
-
-    @rt.consume(topics.ORDER_STATUS, batch=200, within=0.05)
-    async def order_status_changed(batch: list[Incoming]) -> None:
-        await in_transaction(watch, topics.ORDER_STATUS, [(e.event_id, core.StatusChanged(
-            e.cart_id, e.shop_id, e.order_id, e.status.value, e.payment_status.value,
-            e.customer.model_dump(mode="json", exclude_none=True), [i.model_dump(mode="json") for i in e.items],
-            e.occurred_at)) for e in (i.event for i in batch) if e.cart_id], core.on_order_status)
+    rt.consume(topics.CART_UPDATED, handlers.carts_updated, batch=200, within=0.05)
+    rt.consume(topics.INVENTORY_LEVELS, handlers.levels_reported, batch=500, within=0.05)
+    rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings_changed, batch=100, within=0.05)
+    rt.consume(topics.CHECKOUT_STARTED, handlers.checkouts_started, batch=200, within=0.05)
+    rt.consume(topics.ORDER_PLACED, handlers.orders_placed, batch=200, within=0.05)
+    rt.consume(topics.ORDER_STATUS, handlers.order_status_changed, batch=200, within=0.05)
 
     # --- the abandon scanner --------------------------------------------------------------------------------
 
+    async def abandon_due(uow: UnitOfWork) -> list[core.Checkout]:
+        """Claim watches past due and emit one checkout.abandoned each, in one transaction; a checkout whose
+        event cannot be built is parked with the reason, and the others go on."""
+        claimed = await repository.claim_due_checkouts(uow.conn)
+        at = now()
+        for checkout in claimed:
+            try:
+                uow.emit([core.abandoned_event(checkout, settings.public_store_url, at)])
+            except Exception as exc:  # noqa: BLE001 - one bad row must not stop the scanner: parked, counted
+                await repository.park_checkout(uow.conn, checkout.cart_id, describe(exc))
+                uow.after_commit(metrics.parked.inc)
+                log.error("checkout of cart %s parked: %s", checkout.cart_id, describe(exc))
+        return claimed
+
     @rt.background
     async def abandon_scanner() -> None:
-        """Every ABANDON_SCAN_MS: claim watches past due and stage one checkout.abandoned each, atomically."""
+        """Every ABANDON_SCAN_MS: claim the checkouts past due (one unit of work per round)."""
         next_count = 0.0
         while True:
-            pool = await rt.pool()
-            async with pool.acquire() as conn, conn.transaction():
-                claimed = await repository.claim_due_checkouts(conn)
-                at = now()
-                await outbox.stage(conn, [core.abandoned_event(c, settings.public_store_url, at) for c in claimed])
+            claimed = await rt.run_unit(abandon_due, topic="abandon-scanner")
             if claimed:
                 metrics.abandoned.inc(len(claimed))
-                rt.outbox.wake()
                 log.info("abandoned checkouts: %s", ", ".join(c.cart_id for c in claimed))
             if time.monotonic() >= next_count:
-                metrics.open_carts.set(await repository.count_carts(pool))
+                metrics.open_carts.set(await repository.count_carts(await rt.pool()))
                 next_count = time.monotonic() + 10.0
             await asyncio.sleep(settings.abandon_scan_seconds)
 

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
+from orderflow.runtime import failures
 from services.inventory.core import Book, Move, OrderState, StockKey
 
 
@@ -97,7 +98,7 @@ async def write_levels(conn: asyncpg.Connection, levels: dict[StockKey, int]) ->
     return [LevelRow(r["shop_id"], r["sku"], r["available"], r["version"], r["updated_at"]) for r in rows]
 
 
-class LostRace(Exception):
+class LostRace(failures.LostRace):
     """Another transaction wrote a ledger line this batch meant to write: roll back and run the batch again."""
 
 

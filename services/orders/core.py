@@ -134,3 +134,37 @@ def customer_cancel(state: OrderState, reason: str | None = None) -> Decision:
         return Decision(state, refused=f"the order is already {state.status.value}; too late to cancel")
     why = f"canceled by the customer: {reason}" if reason else "canceled by the customer"
     return _changed(state, OrderState(OrderStatus.CANCELED, state.payment_status), ChangedBy.CUSTOMER, why)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What placing an order decides, given the payments that arrived before it (held for it)."""
+
+    decision: Decision
+    settled: tuple[tuple[str, bool, str], ...]  # (payment_id, applied, outcome) for each held payment
+
+
+def place_with_held(method: PaymentMethod, shop_ignores_incomplete: bool, total_cents: int, currency: str,
+                    held: list[tuple[str, PaymentFacts]]) -> Placement:
+    """Place an order and settle the payments held for it: the first matching one pays it, other matching ones are
+    no-ops, the rest are recorded as mismatches (and flag the order)."""
+    matching = [pid for pid, facts in held if payment_matches(facts, total_cents, currency)]
+    decision = place(method, shop_ignores_incomplete, paid_already=bool(matching))
+    if len(matching) < len(held):
+        decision = Decision(decision.state, decision.changes, decision.refused, payment_mismatch=True)
+    settled = []
+    for pid, facts in held:
+        if pid in matching:
+            applied = pid == matching[0]
+            settled.append((pid, applied, "applied" if applied else "no change: already paid"))
+        else:
+            refusal = confirm_payment(decision.state, facts, total_cents, currency).refused
+            settled.append((pid, False, refusal or "mismatch"))
+    return Placement(decision, tuple(settled))
+
+
+def outcome_text(decision: Decision, done: str) -> str:
+    """How a payment or cancel request ended, as recorded and shown in the back office."""
+    if decision.refused:
+        return f"refused: {decision.refused}"
+    return done if decision.changes else "no change"

@@ -1,8 +1,8 @@
 """Consumer positions on the real broker: a worker whose committed offset was deleted from the log goes on.
 
-The seek guard (orderflow/runtime/seek_guard.py) holds back a record that lies beyond a seek position and seeks
-again; here the offsets in between are truly gone (DeleteRecords, as retention would), so the second seek brings
-the same jump and the guard must let it through instead of stalling the partition.
+The partition gate (orderflow/runtime/positions.py) seeks back when a record lies beyond the position; here the
+offsets in between are truly gone (DeleteRecords, as retention would), so the record after the hole must be applied
+instead of stalling the partition.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ async def test_a_committed_offset_deleted_from_the_log_does_not_stall_the_partit
         await async_wait_for(lambda: _covers(carts_watched, wanted), timeout=60,
                              message="every checkout written after the deleted ones watched")
         assert not (await carts_watched()) - wanted, "a deleted checkout.started was handled"
-        assert "are not in the log" in worker.log_path.read_text(), "the guard never met the hole"
     finally:
         await conn.close()
         worker.kill()

@@ -1,0 +1,54 @@
+"""The two things the runtime asks of faust beyond its public API, in one place, checked at start.
+
+Consumer positions live in PostgreSQL (`positions.py`, `unit.py`), so correctness no longer rests on faust's commit
+bookkeeping: every source topic is subscribed with `acks=False`, which keeps faust from ever committing an offset by
+itself. What is left:
+
+- **seeking** a source partition back to its stored position: `Consumer.seek(tp, offset)`, public;
+- **committing** the stored positions to the broker, so that lag tools (`kafka-consumer-groups`, `orderflow lag`)
+  see real progress: `Consumer._commit(offsets)`, private. It is the one private name used; the broker's committed
+  offset never decides what is applied, so a change there can only make lag figures stale, never lose an event.
+
+`check()` runs at worker start and refuses versions this was not written and tested against
+(`tests/unit/test_faust_adapter.py` fails loudly when the signatures change).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from importlib.metadata import version
+from typing import Any
+
+from faust.transport.consumer import Consumer
+
+log = logging.getLogger(__name__)
+
+TESTED = {"faust-streaming": {"0.15.3"}, "aiokafka": {"0.13.0", "0.14.0"}}
+
+
+class UnsupportedFaust(RuntimeError):
+    pass
+
+
+def check() -> None:
+    """Raise UnsupportedFaust (one line) unless the installed faust/aiokafka are the ones this adapter knows."""
+    for package, tested in TESTED.items():
+        installed = version(package)
+        if installed not in tested:
+            raise UnsupportedFaust(f"{package} {installed} is installed; orderflow's consumer adapter is tested with "
+                                   f"{', '.join(sorted(tested))} (orderflow/runtime/faust_adapter.py)")
+    for name, params in (("seek", ["self", "partition", "offset"]), ("_commit", ["self", "offsets"])):
+        method = getattr(Consumer, name, None)
+        if method is None or list(inspect.signature(method).parameters) != params:
+            raise UnsupportedFaust(f"faust's Consumer.{name} is not {name}({', '.join(params[1:])}) any more")
+
+
+async def seek(app: Any, tp: Any, offset: int) -> None:
+    await app.consumer.seek(tp, offset)
+
+
+async def commit(app: Any, offsets: Mapping[Any, int]) -> bool:
+    """Commit these offsets for the partitions still assigned (faust filters the rest); False when it could not."""
+    return bool(await app.consumer._commit(dict(offsets)))

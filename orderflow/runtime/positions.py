@@ -1,0 +1,88 @@
+"""Consumer positions: which records of a partition a handler may apply, decided from the stored position alone.
+
+A handler's transaction writes, per (consumer group, topic, partition), the next offset to read
+(`consumer_positions`), in the same transaction as the effects of the records before it. That position, not the
+broker's committed offset nor faust's ack bookkeeping, says what was applied. This module is the pure rule that
+sits between faust's stream and the handler (no I/O; the runtime does the seeks it asks for):
+
+- a record below the position was applied already: it is dropped (redelivery after a rebalance, a crash, a seek);
+- the record at the position is applied, and the position moves past it once the transaction committed;
+- a record beyond the position means records in between did not come. Either they were lost on the way (faust
+  hands out records fetched before a seek, drops records read again after one, acks records dropped at a
+  rebalance) or they are not in the log (compaction, retention, transaction markers). The partition is sought back
+  to the position; when the very record that jumped comes first again after that seek, the offsets in between are
+  truly absent and the record is applied. Records beyond the jump that arrive meanwhile were fetched before the
+  seek: they are dropped and read again.
+- a seek whose first record never came is made again after `RESEEK_SECONDS` (faust's fetch loop can overwrite the
+  read offset a seek reset and then silently drop the records read again).
+
+A partition whose consumer has no stored position yet starts where faust starts (the broker's committed offset or
+the earliest one), and the first record sets it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+RESEEK_SECONDS = 2.0
+
+
+class Verdict(enum.Enum):
+    APPLY = "apply"
+    DROP = "drop"  # below the position: applied already
+    STALE = "stale"  # beyond a pending seek's jump: fetched before the seek, read again later
+    SEEK = "seek"  # a jump beyond the position: drop it and seek back to the position
+
+
+@dataclass
+class PartitionGate:
+    """The state of one partition: its position and the seek in flight, if any."""
+
+    position: int | None  # next offset to apply; None: no stored position (the first record sets it)
+    seek_to: int | None = None  # a seek made to this offset whose first record has not come yet
+    jump: int | None = None  # the record beyond the position that made the seek
+    sought_at: float = 0.0
+    expected: int | None = field(default=None, init=False)  # next offset after records admitted, not yet committed
+
+    def next_wanted(self) -> int | None:
+        return self.expected if self.expected is not None else self.position
+
+    def admit(self, offset: int, now: float) -> Verdict:
+        """Decide for the record at `offset`; APPLY moves the expected offset past it."""
+        wanted = self.next_wanted()
+        if wanted is None or offset == wanted:
+            return self._take(offset)
+        if offset < wanted:
+            return Verdict.DROP
+        if self.seek_to is None:
+            self.seek_to, self.jump, self.sought_at = wanted, offset, now
+            return Verdict.SEEK
+        if self.jump is not None and offset <= self.jump:
+            return self._take(offset)  # the first record after the seek: the offsets before it are not in the log
+        if now - self.sought_at >= RESEEK_SECONDS:
+            self.sought_at = now
+            return Verdict.SEEK
+        return Verdict.STALE
+
+    def _take(self, offset: int) -> Verdict:
+        self.expected = offset + 1
+        self.seek_to = self.jump = None
+        return Verdict.APPLY
+
+    def overdue(self, now: float) -> int | None:
+        """The offset to seek to again when a seek's first record has not come for RESEEK_SECONDS."""
+        if self.seek_to is not None and now - self.sought_at >= RESEEK_SECONDS:
+            self.sought_at = now
+            return self.seek_to
+        return None
+
+    def committed(self, next_offset: int) -> None:
+        """The transaction that applied records up to `next_offset - 1` committed."""
+        self.position = next_offset
+        if self.expected is not None and self.expected <= next_offset:
+            self.expected = None
+
+    def rolled_back(self) -> None:
+        """The transaction failed: records admitted since the position will come again (or be re-admitted)."""
+        self.expected = None

@@ -1,0 +1,28 @@
+"""The one place the runtime reaches past faust's public API: it fails here, loudly, when faust changes."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+import faust
+from faust.transport.consumer import Consumer
+
+from orderflow.runtime import faust_adapter
+
+
+def test_installed_versions_are_the_tested_ones() -> None:
+    faust_adapter.check()  # raises UnsupportedFaust naming the version otherwise
+    assert version("faust-streaming") in faust_adapter.TESTED["faust-streaming"]
+
+
+def test_the_consumer_methods_used_have_the_expected_signatures() -> None:
+    assert list(inspect.signature(Consumer.seek).parameters) == ["self", "partition", "offset"]
+    assert list(inspect.signature(Consumer._commit).parameters) == ["self", "offsets"]
+    assert inspect.iscoroutinefunction(Consumer.seek)
+
+
+def test_topics_subscribed_without_acks_never_record_offsets_for_faust_to_commit() -> None:
+    app = faust.App("adapter-test", broker="kafka://127.0.0.1:1")
+    topic = app.topic("t", acks=False)
+    assert topic.acks is False
