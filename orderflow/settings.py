@@ -67,6 +67,44 @@ def _http_url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+_SMTP_TLS = ("starttls", "required", "implicit", "none")
+
+
+def _smtp_host(raw: str) -> str:
+    host = raw.strip()
+    if not host or any(c.isspace() for c in host):
+        raise SettingsError(f"SMTP_HOST={raw!r} must be the mail server's host name or address")
+    return host
+
+
+def _smtp_tls(env: Mapping[str, str]) -> str:
+    raw = env.get("SMTP_TLS")
+    if raw is None or raw == "":
+        # SMTP_STARTTLS (before SMTP_TLS): true asked for STARTTLS; false no longer turns the upgrade off
+        return "required" if _bool(env, "SMTP_STARTTLS", False) else "starttls"
+    mode = raw.strip().lower()
+    if mode not in _SMTP_TLS:
+        raise SettingsError(f"SMTP_TLS={raw!r} must be one of {', '.join(_SMTP_TLS)}")
+    if mode == "none" and env.get("SMTP_CA_FILE"):
+        raise SettingsError("SMTP_CA_FILE is set but SMTP_TLS=none: no TLS would use it")
+    return mode
+
+
+def _smtp_ca_file(raw: str | None) -> str | None:
+    if raw is not None and not Path(raw).is_file():
+        raise SettingsError(f"SMTP_CA_FILE={raw!r} is not a readable file")
+    return raw
+
+
+def _mail_from(raw: str) -> str:
+    from orderflow.mailaddr import AddressError, mailbox
+
+    try:
+        return str(mailbox(raw))
+    except AddressError as exc:
+        raise SettingsError(f"MAIL_FROM: {exc} (expected name@domain or Name <name@domain>)") from None
+
+
 _SECURITY_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 _SASL_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 
@@ -95,10 +133,13 @@ class Settings:
     smtp_port: int = 25
     smtp_username: str | None = None
     smtp_password: str | None = None
-    smtp_starttls: bool = False
+    smtp_tls: str = "starttls"
+    """starttls (upgrade when offered; required once credentials are set), required, implicit (port 465), none."""
+    smtp_ca_file: str | None = None
+    smtp_timeout_seconds: float = 120.0
     mail_from: str = "orderflow@localhost"
-    mail_max_attempts: int = 10
     mail_retry_base_seconds: float = 1.0
+    mail_retry_max_seconds: float = 600.0
     mail_lease_seconds: float = 30.0
     mail_connections: int = 4
     data_dir: Path = Path(".run/data")
@@ -139,6 +180,8 @@ def load_settings(service: str, port_env: str, default_port: int, env: Mapping[s
     store = env.get("ORDERFLOW_STORE", "rocksdb")
     if store not in {"rocksdb", "memory"}:
         raise SettingsError(f"ORDERFLOW_STORE={store!r} must be rocksdb or memory")
+    if bool(env.get("SMTP_USERNAME")) != bool(env.get("SMTP_PASSWORD")):
+        raise SettingsError("SMTP_USERNAME and SMTP_PASSWORD go together: set both or neither")
     log_level = env.get("LOG_LEVEL", "info").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
         raise SettingsError(f"LOG_LEVEL={log_level!r} must be debug, info, warning or error")
@@ -153,14 +196,16 @@ def load_settings(service: str, port_env: str, default_port: int, env: Mapping[s
         topic_replication_factor=_int(env, "TOPIC_REPLICATION_FACTOR", 1, 1, 16),
         abandon_after_seconds=_int(env, "ABANDON_AFTER_SECONDS", 3600, 1, 30 * 24 * 3600),
         public_store_url=_http_url("PUBLIC_STORE_URL", env.get("PUBLIC_STORE_URL", "http://localhost:8000")),
-        smtp_host=env.get("SMTP_HOST", "127.0.0.1"),
+        smtp_host=_smtp_host(env.get("SMTP_HOST", "127.0.0.1")),
         smtp_port=_int(env, "SMTP_PORT", 25, 1, 65535),
         smtp_username=env.get("SMTP_USERNAME") or None,
         smtp_password=env.get("SMTP_PASSWORD") or None,
-        smtp_starttls=_bool(env, "SMTP_STARTTLS", False),
-        mail_from=env.get("MAIL_FROM", "orderflow@localhost"),
-        mail_max_attempts=_int(env, "MAIL_MAX_ATTEMPTS", 10, 1, 100),
+        smtp_tls=_smtp_tls(env),
+        smtp_ca_file=_smtp_ca_file(env.get("SMTP_CA_FILE") or None),
+        smtp_timeout_seconds=float(_int(env, "SMTP_TIMEOUT_SECONDS", 120, 1, 3600)),
+        mail_from=_mail_from(env.get("MAIL_FROM", "orderflow@localhost")),
         mail_retry_base_seconds=_int(env, "MAIL_RETRY_BASE_MS", 1000, 10, 3_600_000) / 1000.0,
+        mail_retry_max_seconds=float(_int(env, "MAIL_RETRY_MAX_SECONDS", 600, 1, 86_400)),
         mail_lease_seconds=float(_int(env, "MAIL_LEASE_SECONDS", 30, 1, 3600)),
         mail_connections=_int(env, "MAIL_SMTP_CONNECTIONS", 4, 1, 32),
         data_dir=Path(env.get("ORDERFLOW_DATA_DIR", f".run/data/{service}")),

@@ -4,6 +4,15 @@ Tests and `orderflow up` use it instead of a real mail server, so e-mails can be
 to a JSONL file as they arrive, so a restart of the sink keeps them.
 
     python -m orderflow.infra.mailsink --smtp-port 2525 --http-port 8025 --store .run/mail.jsonl
+
+Test modes, to play a difficult server:
+- `PUT /faults {"stall_data_seconds": 40, "reject_rcpt": ["bob@"], "reject_reply": "550 5.1.1 ..."}` (each key
+  optional; `DELETE /faults` clears them): stall inside DATA (the message received, the reply held back), refuse
+  RCPT TO for recipients containing one of the strings. `GET /faults` also counts the DATA commands received per
+  recipient (stalled ones included) and those in progress.
+- `--tls-cert/--tls-key`: offer STARTTLS with that certificate (`--implicit-tls`: TLS from the first byte, as on
+  port 465); `--auth USER:PASS` accepts AUTH PLAIN/LOGIN with those credentials, in clear too, so a test can see
+  whether a client waited for TLS. Each message records `tls`, `auth_user` and `auth_tls` (TLS when AUTH came).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -83,16 +92,79 @@ class Mailbox:
         self.messages.clear()
 
 
+@dataclass
+class Faults:
+    """What the sink does wrong on purpose (set over HTTP), and what it saw of DATA."""
+
+    stall_data_seconds: float = 0.0
+    reject_rcpt: list[str] = field(default_factory=list)
+    reject_reply: str = "550 5.1.1 Recipient address rejected: mailbox unavailable"
+    data_started: dict[str, int] = field(default_factory=dict)
+    in_data: int = 0
+
+    def update(self, body: dict[str, Any]) -> None:
+        if "stall_data_seconds" in body:
+            self.stall_data_seconds = float(body["stall_data_seconds"])
+        if "reject_rcpt" in body:
+            self.reject_rcpt = [str(r) for r in body["reject_rcpt"]]
+        if "reject_reply" in body:
+            self.reject_reply = str(body["reject_reply"])
+
+    def clear(self) -> None:
+        self.stall_data_seconds, self.reject_rcpt = 0.0, []
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stall_data_seconds": self.stall_data_seconds, "reject_rcpt": self.reject_rcpt,
+                "reject_reply": self.reject_reply, "data_started": self.data_started, "in_data": self.in_data}
+
+
+def _tls_of(server: Any, session: Any) -> bool:
+    transport = getattr(server, "transport", None)
+    return session.ssl is not None or (transport is not None and transport.get_extra_info("ssl_object") is not None)
+
+
 class _Handler:
-    def __init__(self, mailbox: Mailbox) -> None:
+    def __init__(self, mailbox: Mailbox, faults: Faults | None = None) -> None:
         self.mailbox = mailbox
+        self.faults = faults or Faults()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: N802, ANN001
+        if any(r.lower() in address.lower() for r in self.faults.reject_rcpt):
+            return self.faults.reject_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        faults = self.faults
+        for rcpt in envelope.rcpt_tos:
+            faults.data_started[rcpt] = faults.data_started.get(rcpt, 0) + 1
+        faults.in_data += 1
+        try:
+            if faults.stall_data_seconds > 0:
+                await asyncio.sleep(faults.stall_data_seconds)  # a slow server: the message is here, no reply yet
+        finally:
+            faults.in_data -= 1
         raw = envelope.original_content or envelope.content
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        self.mailbox.add(parse(raw, envelope.mail_from or "", envelope.rcpt_tos))
+        record = parse(raw, envelope.mail_from or "", envelope.rcpt_tos)
+        auth = getattr(session, "orderflow_auth", None) or {}
+        record.update(tls=_tls_of(server, session), auth_user=auth.get("user"), auth_tls=auth.get("tls"))
+        self.mailbox.add(record)
         return "250 Message accepted for delivery"
+
+
+def _authenticator(credentials: tuple[str, str]):  # noqa: ANN202
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def check(server, session, envelope, mechanism, auth_data) -> AuthResult:  # noqa: ANN001
+        ok = isinstance(auth_data, LoginPassword) and (
+            auth_data.login.decode(), auth_data.password.decode()) == credentials
+        if ok:
+            session.orderflow_auth = {"user": credentials[0], "tls": _tls_of(server, session)}
+        return AuthResult(success=ok)
+
+    return check
 
 
 def _matches(record: dict[str, Any], query: Any) -> bool:
@@ -103,8 +175,10 @@ def _matches(record: dict[str, Any], query: Any) -> bool:
     return not (subject and subject.lower() not in record["subject"].lower())
 
 
-def make_app(mailbox: Mailbox):
+def make_app(mailbox: Mailbox, faults: Faults | None = None):
     from aiohttp import web
+
+    faults = faults or Faults()
 
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "messages": len(mailbox.messages)})
@@ -122,26 +196,74 @@ def make_app(mailbox: Mailbox):
         mailbox.clear()
         return web.json_response({"deleted": True})
 
+    async def get_faults(_request: web.Request) -> web.Response:
+        return web.json_response(faults.to_json())
+
+    async def put_faults(request: web.Request) -> web.Response:
+        faults.update(await request.json())
+        return web.json_response(faults.to_json())
+
+    async def clear_faults(_request: web.Request) -> web.Response:
+        faults.clear()
+        return web.json_response(faults.to_json())
+
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/messages", list_messages)
     app.router.add_delete("/messages", clear)
     app.router.add_get("/messages/{id}", get_message)
+    app.router.add_get("/faults", get_faults)
+    app.router.add_put("/faults", put_faults)
+    app.router.add_delete("/faults", clear_faults)
     return app
 
 
-async def serve(host: str, smtp_port: int, http_port: int, store: Path) -> None:
+@dataclass(frozen=True)
+class TlsOptions:
+    cert: Path | None = None
+    key: Path | None = None
+    implicit: bool = False
+    auth: tuple[str, str] | None = None
+
+    def context(self):  # noqa: ANN201 - ssl.SSLContext | None
+        if self.cert is None:
+            return None
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(self.cert), str(self.key or self.cert))
+        return ctx
+
+    def args(self) -> list[str]:
+        out = []
+        if self.cert is not None:
+            out += ["--tls-cert", str(self.cert), "--tls-key", str(self.key or self.cert)]
+        if self.implicit:
+            out.append("--implicit-tls")
+        if self.auth is not None:
+            out += ["--auth", ":".join(self.auth)]
+        return out
+
+
+async def serve(host: str, smtp_port: int, http_port: int, store: Path, tls: TlsOptions | None = None) -> None:
     """Run both servers until SIGTERM/SIGINT."""
     from aiohttp import web
     from aiosmtpd.smtp import SMTP
 
+    tls = tls or TlsOptions()
     mailbox = Mailbox(store)
+    faults = Faults()
     loop = asyncio.get_running_loop()
-    handler = _Handler(mailbox)
-    smtp_server = await loop.create_server(
-        lambda: SMTP(handler, hostname="orderflow-mailsink", enable_SMTPUTF8=True, loop=loop), host, smtp_port
-    )
-    runner = web.AppRunner(make_app(mailbox), access_log=None)
+    handler = _Handler(mailbox, faults)
+    context = tls.context()
+    options: dict[str, Any] = {"hostname": "orderflow-mailsink", "enable_SMTPUTF8": True, "loop": loop}
+    if context is not None and not tls.implicit:
+        options["tls_context"] = context
+    if tls.auth is not None:
+        options.update(authenticator=_authenticator(tls.auth), auth_require_tls=False)
+    smtp_server = await loop.create_server(lambda: SMTP(handler, **options), host, smtp_port,
+                                           ssl=context if tls.implicit else None)
+    runner = web.AppRunner(make_app(mailbox, faults), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, http_port).start()
     stop = asyncio.Event()
@@ -160,8 +282,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smtp-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--store", type=Path, required=True, help="JSONL file that keeps every message")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: offer STARTTLS (or implicit TLS) with it")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (default: in the same file)")
+    parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte (port 465 style)")
+    parser.add_argument("--auth", metavar="USER:PASS", help="accept AUTH with these credentials")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.smtp_port, args.http_port, args.store))
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    if args.implicit_tls and not args.tls_cert:
+        parser.error("--implicit-tls needs --tls-cert")
+    tls = TlsOptions(args.tls_cert, args.tls_key, args.implicit_tls, auth)  # type: ignore[arg-type]
+    asyncio.run(serve(args.host, args.smtp_port, args.http_port, args.store, tls))
 
 
 # --- running it as a detached process (stack, tests) --------------------------------------------------------
@@ -175,6 +305,7 @@ class MailSinkHandle:
     log_file: Path
     proc: ProcRef | None = None
     smtp_host: str = LOCALHOST
+    tls: TlsOptions = field(default_factory=TlsOptions)
 
     @property
     def http_url(self) -> str:
@@ -193,7 +324,7 @@ class MailSinkHandle:
         with open(self.log_file, "ab") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "orderflow.infra.mailsink", "--smtp-port", str(self.smtp_port),
-                 "--http-port", str(self.http_port), "--store", str(self.store)],
+                 "--http-port", str(self.http_port), "--store", str(self.store), *self.tls.args()],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.proc = ProcRef.of(popen.pid)
@@ -224,14 +355,16 @@ class MailSinkHandle:
         return cls(int(state["smtp_port"]), int(state["http_port"]), Path(state["store"]), Path(state["log"]), proc)
 
 
-def start(run_dir: Path | str, *, smtp_port: int | None = None, http_port: int | None = None) -> MailSinkHandle:
-    """Start a sink as a detached process whose store and log live in run_dir."""
+def start(run_dir: Path | str, *, smtp_port: int | None = None, http_port: int | None = None,
+          tls: TlsOptions | None = None) -> MailSinkHandle:
+    """Start a sink as a detached process whose store and log live in run_dir (TLS/AUTH test modes: `tls`)."""
     run_dir = Path(run_dir)
     smtp_port = smtp_port or free_port()
     http_port = http_port or free_port()
     if http_port == smtp_port:
         raise InfraError("mail sink needs two different ports")
-    handle = MailSinkHandle(smtp_port, http_port, run_dir / "mail.jsonl", run_dir / "logs" / "mailsink.log")
+    handle = MailSinkHandle(smtp_port, http_port, run_dir / "mail.jsonl", run_dir / "logs" / "mailsink.log",
+                            tls=tls or TlsOptions())
     return handle.start()
 
 

@@ -162,14 +162,13 @@ def mails_for_message(e: CustomerMessageRequested) -> list[MailIntent]:
 # --- sending rules -----------------------------------------------------------------------------------------
 
 
-def backoff_seconds(attempts: int, base: float, cap: float = 600.0) -> float:
-    """Exponential: base, 2·base, 4·base ... after the 1st, 2nd, 3rd failed attempt; never above cap."""
-    return min(cap, base * (2 ** max(0, attempts - 1)))
+def backoff_seconds(failures: int, base: float, cap: float = 600.0) -> float:
+    """Exponential: base, 2·base, 4·base ... after the 1st, 2nd, 3rd failure; never above cap (MAIL_RETRY_MAX_SECONDS).
 
-
-def after_failure(attempts: int, max_attempts: int, permanent: bool) -> Literal["retry", "failed"]:
-    """A refused message (5xx, bad address) fails at once; a transient one retries until the last attempt."""
-    return "failed" if permanent or attempts >= max_attempts else "retry"
+    There is no last attempt: a transient failure (the server away, a 4xx) is retried for as long as it lasts, at
+    most `cap` seconds apart; only a refusal for good (a 5xx about the mail, an unusable address) ends in `failed`.
+    """
+    return min(cap, base * (2 ** min(max(0, failures - 1), 60)))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,20 @@ Each row is marked sent right after the server accepted it, one by one, so the w
 an accepted message unrecorded is a single round trip to PostgreSQL. Such a row stays 'sending' until its lease
 runs out, then is sent again with the same Message-ID (counted in orderflow_mail_resent_total): no SMTP client
 can close that window, a deterministic Message-ID lets mail clients fold the copy.
+
+Failures are told apart by cause:
+- the server as a whole cannot take mail (no connection, a timeout before the greeting, TLS or AUTH failing, the
+  sender address refused, 421): one event for the sender (`orderflow_mail_smtp_unavailable_total`, `/health`
+  degraded), the batch is put back untried, and the sender waits a capped backoff (MAIL_RETRY_MAX_SECONDS) before
+  it tries again - for as long as it takes;
+- a transient answer about one mail (4xx, a connection lost or a timeout during its transaction): that mail is
+  retried later with capped backoff, never given up;
+- a 5xx naming the recipient or refusing the content, or an address the mailer cannot use: that mail is `failed`
+  with the server's reply, for an operator to see and re-queue (`orderflow mail list|retry`).
+
+Fencing: each claim carries a token that every later update matches (`repository`), and a heartbeat extends the
+lease of the rows of the batch while the sender works on them - a stalled SMTP server delays a mail, it does not
+hand it to a second sender. A mail is only started while the lease is known to have at least half its length left.
 """
 
 from __future__ import annotations
@@ -12,16 +26,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Literal
 
 import aiosmtplib
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from orderflow import mailaddr
 from orderflow.settings import Settings
 from services.notify import core, repository
 from services.notify.render import InvalidRecipient, Rendered, build_message, render
@@ -31,7 +48,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 50
 POLL_SECONDS = 1.0
-SMTP_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 30.0
 DEPTH_EVERY_SECONDS = 5.0
 """The outbox-depth gauge counts every unsent row: a count per round would cost O(backlog) per 50 mails."""
 IDLE_CHECK_SECONDS = 15.0
@@ -46,13 +63,20 @@ class MailMetrics:
         r = registry
         self.sent = Counter("orderflow_mail_sent_total", "Mails accepted by the SMTP server, by kind", ["kind"],
                             registry=r)
-        self.retried = Counter("orderflow_mail_retried_total", "Send attempts that failed and will be retried",
-                               ["kind"], registry=r)
-        self.failed = Counter("orderflow_mail_failed_total", "Mails given up on (last try, or refused)", ["kind"],
-                              registry=r)
+        self.retried = Counter("orderflow_mail_retried_total",
+                               "Mails the server answered with a transient failure (4xx, lost connection, timeout), "
+                               "to be tried again", ["kind"], registry=r)
+        self.failed = Counter("orderflow_mail_failed_total",
+                              "Mails refused for good (5xx naming the recipient or the content, unusable address)",
+                              ["kind"], registry=r)
         self.resent = Counter("orderflow_mail_resent_total",
                               "Mails sent again after a worker died while sending them (same Message-ID)", ["kind"],
                               registry=r)
+        self.unavailable = Counter("orderflow_mail_smtp_unavailable_total",
+                                   "Times a sender found the SMTP server unable to take any mail (connect, TLS, AUTH, "
+                                   "sender refused, 421); its batch waits untried", registry=r)
+        self.degraded = Gauge("orderflow_mail_smtp_degraded",
+                              "Senders waiting for the SMTP server to come back", registry=r)
         self.depth = Gauge("orderflow_mail_outbox_depth", "Mails pending or being sent", registry=r)
         self.send_seconds = Histogram("orderflow_mail_send_seconds", "SMTP time to send one mail", registry=r,
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -61,8 +85,91 @@ class MailMetrics:
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
 
 
-class _Unreachable(Exception):
-    """Connecting to the SMTP server failed: every mail of the batch waits."""
+class ServerUnavailable(Exception):
+    """The SMTP server cannot take any mail now: every mail of the batch waits, untried."""
+
+
+class TlsUnavailable(Exception):
+    """TLS is required (SMTP_TLS=required, or credentials to send) and the server offers no STARTTLS."""
+
+
+Cause = Literal["server", "retry", "permanent"]
+
+
+def classify(exc: BaseException) -> Cause:
+    """What an SMTP failure during one mail's transaction means for that mail.
+
+    server: the server refuses every mail now (421, the sender address refused): wait, retry the batch later.
+    permanent: a 5xx about this mail (its recipient, its content), or a message this server cannot carry.
+    retry: anything else (4xx, the connection lost or a timeout mid-transaction).
+    """
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        if 421 in codes:
+            return "server"
+        return "permanent" if codes and all(c >= 500 for c in codes) else "retry"
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused | aiosmtplib.SMTPHeloError | aiosmtplib.SMTPAuthenticationError):
+        return "server"
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        if exc.code == 421:
+            return "server"
+        return "permanent" if exc.code >= 500 else "retry"
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return "permanent"
+    return "retry"
+
+
+def reply_of(exc: BaseException) -> str:
+    """The server's reply as an operator reads it: `550 5.1.1 <bob@x>: mailbox unavailable`."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return "; ".join(f"{r.code} {r.message} (RCPT TO {r.recipient})" for r in exc.recipients)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"{exc.code} {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def tls_context(settings: Settings, *, verify: bool) -> ssl.SSLContext:
+    """A client context: verified against SMTP_CA_FILE (only that CA) or the system's CAs, or - opportunistic
+    STARTTLS without credentials - encrypted without verification, which still beats clear text."""
+    if not verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=settings.smtp_ca_file)
+
+
+@dataclass
+class Outage:
+    reason: str
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+    failures: int = 0
+    next_try: float = 0.0
+
+
+class _Batch:
+    """The rows one claim took, which of them this sender still holds, and how long their lease surely lasts."""
+
+    def __init__(self, mails: Sequence[ClaimedMail], lease_seconds: float, claimed_at: float) -> None:
+        self.mails = list(mails)
+        self.lease = lease_seconds
+        self.held = {m.key for m in mails}
+        self.finished: set[tuple[str, str]] = set()
+        self.lease_until = claimed_at + lease_seconds
+
+    def unfinished(self) -> list[ClaimedMail]:
+        return [m for m in self.mails if m.key in self.held and m.key not in self.finished]
+
+    def renewed(self, asked_at: float, still_held: set[tuple[str, str]]) -> list[ClaimedMail]:
+        """A lease extension asked at `asked_at` came back; returns the rows found lost."""
+        self.lease_until = asked_at + self.lease
+        lost = [m for m in self.unfinished() if m.key not in still_held]
+        self.held -= {m.key for m in lost}
+        return lost
+
+    def lease_safe(self) -> bool:
+        """At least half the lease is surely left: a mail may be started."""
+        return time.monotonic() < self.lease_until - self.lease / 2
 
 
 class MailSender:
@@ -77,6 +184,9 @@ class MailSender:
         self._smtp: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
         self._smtp_state = "idle"
+        self._outage: Outage | None = None
+        self._warned_clear = False
+        self._envelope_from = mailaddr.mailbox(settings.mail_from).addr_spec
 
     def wake(self) -> None:
         """Called after a commit that inserted mails or released waiting ones: send now, not at the next poll."""
@@ -84,6 +194,8 @@ class MailSender:
 
     async def run(self) -> None:
         while True:
+            if self._outage is not None and (wait := self._outage.next_try - time.monotonic()) > 0:
+                await asyncio.sleep(wait)  # the server is away: new mails do not shorten the backoff
             try:
                 claimed = await self.send_due()
                 if self._reports_depth and time.monotonic() - self._depth_at >= DEPTH_EVERY_SECONDS:
@@ -93,50 +205,120 @@ class MailSender:
                 log.warning("mail sender: database unavailable (%s); retrying", exc)
                 claimed = 0
                 await asyncio.sleep(1.0)
-            if claimed < BATCH:
+            if claimed < BATCH and self._outage is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
                 self._wake.clear()
 
     async def health(self) -> dict[str, Any]:
+        if self._outage is not None:
+            return {"smtp": f"degraded: {self._outage.reason}"}
         return {"smtp": self._smtp_state}
+
+    @property
+    def outage(self) -> Outage | None:
+        return self._outage
 
     # --- one round -------------------------------------------------------------------------------------------
 
     async def send_due(self) -> int:
         pool = await self._pool_factory()
+        claimed_at = time.monotonic()
         mails = await repository.claim_due(pool, BATCH, self._settings.mail_lease_seconds)
         if not mails:
             await self._close_if_idle()
             return 0
-        started = time.monotonic()
+        batch = _Batch(mails, self._settings.mail_lease_seconds, claimed_at)
+        heartbeat = asyncio.create_task(self._keep_leases(pool, batch))
+        try:
+            await self._send_batch(pool, batch)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            if leftover := batch.unfinished():  # an error or a stop mid-batch: not tried, due again at once
+                with contextlib.suppress(*DB_ERRORS, asyncpg.InternalClientError):
+                    await repository.release(pool, leftover)
+        return len(mails)
+
+    async def _send_batch(self, pool: asyncpg.Pool, batch: _Batch) -> None:
         shops: dict[str, repository.Shop | None] = {}
-        for i, mail in enumerate(mails):
-            if time.monotonic() - started > self._settings.mail_lease_seconds / 2:
-                await repository.release(pool, mails[i:])  # keep well inside the lease: never two senders
-                break
+        for mail in batch.mails:
+            if mail.key not in batch.held:
+                continue  # the heartbeat found it claimed by another sender (our lease had run out)
+            if not batch.lease_safe():
+                log.warning("mail sender: the lease of %d mail(s) could not be extended; giving them back",
+                            len(batch.unfinished()))
+                return
             if mail.shop_id not in shops:
                 shops[mail.shop_id] = await repository.get_shop(pool, mail.shop_id)
             message = await self._prepare(pool, mail, shops[mail.shop_id])
             if message is None:
+                batch.finished.add(mail.key)
                 continue
             if mail.reclaimed:
                 self._metrics.resent.labels(core.kind_family(mail.kind)).inc()
                 log.warning("mail %s/%s re-sent after an expired lease (same Message-ID)", mail.ref, mail.kind)
             try:
                 await self._send(message)
-            except _Unreachable as exc:
-                for waiting in mails[i:]:
-                    await self._failed_attempt(pool, waiting, str(exc), permanent=False)
-                break
+            except ServerUnavailable as exc:
+                await self._server_unavailable(pool, batch, str(exc))
+                return
             except aiosmtplib.SMTPException as exc:
-                permanent = _is_permanent(exc)
-                await self._failed_attempt(pool, mail, f"{type(exc).__name__}: {exc}", permanent)
+                cause = classify(exc)
+                if cause == "server":
+                    await self._server_unavailable(pool, batch, f"the server refuses every mail: {reply_of(exc)}")
+                    return
+                await self._failed_attempt(pool, mail, reply_of(exc), permanent=cause == "permanent")
+                batch.finished.add(mail.key)
                 continue
             await self._record_sent(pool, mail)
+            batch.finished.add(mail.key)
             self._metrics.sent.labels(core.kind_family(mail.kind)).inc()
             self._metrics.delay_seconds.observe((datetime.now(UTC) - mail.created_at).total_seconds())
-        return len(mails)
+
+    async def _keep_leases(self, pool: asyncpg.Pool, batch: _Batch) -> None:
+        """While the batch is worked on (a send may stall far longer than the lease), keep its rows this sender's."""
+        every = max(0.1, batch.lease / 3)
+        while True:
+            await asyncio.sleep(every)
+            pending = batch.unfinished()
+            if not pending:
+                continue
+            asked_at = time.monotonic()
+            try:
+                held = await repository.extend_lease(pool, pending, batch.lease)
+            except (*DB_ERRORS, asyncpg.InternalClientError) as exc:
+                log.warning("mail sender: extending the lease of %d mail(s) failed (%s)", len(pending), exc)
+                continue
+            for lost in batch.renewed(asked_at, held):
+                log.warning("mail %s/%s: claimed by another sender meanwhile; this one leaves it", lost.ref,
+                            lost.kind)
+
+    async def _server_unavailable(self, pool: asyncpg.Pool, batch: _Batch, reason: str) -> None:
+        """One event, whatever the size of the batch: the mails go back untried and the sender waits."""
+        waiting = batch.unfinished()
+        await repository.release(pool, waiting, f"waiting for the SMTP server: {reason}")
+        batch.finished.update(m.key for m in waiting)
+        if self._outage is None:
+            self._outage = Outage(reason)
+            self._metrics.degraded.inc()
+        outage = self._outage
+        outage.reason = reason
+        outage.failures += 1
+        delay = core.backoff_seconds(outage.failures, self._settings.mail_retry_base_seconds,
+                                     self._settings.mail_retry_max_seconds)
+        outage.next_try = time.monotonic() + delay
+        self._metrics.unavailable.inc()
+        log.warning("SMTP server unavailable (%s): %d mail(s) wait untried; next try in %.1fs (%d failure(s) since %s)",
+                    reason, len(waiting), delay, outage.failures, outage.since.isoformat(timespec="seconds"))
+
+    def _server_back(self) -> None:
+        if self._outage is not None:
+            log.warning("SMTP server available again after %d failed attempt(s) since %s", self._outage.failures,
+                        self._outage.since.isoformat(timespec="seconds"))
+            self._outage = None
+            self._metrics.degraded.dec()
 
     async def _record_sent(self, pool: asyncpg.Pool, mail: ClaimedMail) -> None:
         """The server has accepted the mail: record that however long the database is away. Giving up here would
@@ -144,7 +326,9 @@ class MailSender:
         delay = 0.1
         while True:
             try:
-                await repository.mark_sent(pool, mail)
+                if not await repository.mark_sent(pool, mail):
+                    log.error("mail %s/%s accepted by the server, but another sender had claimed it meanwhile "
+                              "(its lease could not be extended): it may arrive twice", mail.ref, mail.kind)
                 return
             except (*DB_ERRORS, asyncpg.InternalClientError) as exc:  # the latter: a connection the server cut
                 log.warning("mail %s/%s sent, recording it failed (%s); retrying in %.1fs", mail.ref, mail.kind,
@@ -168,7 +352,9 @@ class MailSender:
             to_addr = mail.to_addr if mail.html is not None and mail.to_addr else recipient.to_addr
             if mail.html is None or mail.subject is None or mail.text is None:
                 rendered = render(mail.template, mail.context, recipient.shop_name)
-                await repository.store_rendering(pool, mail, to_addr, rendered.subject, rendered.text, rendered.html)
+                if not await repository.store_rendering(pool, mail, to_addr, rendered.subject, rendered.text,
+                                                        rendered.html):
+                    return None  # no longer this sender's
             else:
                 rendered = _stored(mail)
             return build_message(rendered, to_addr=to_addr, from_addr=self._settings.mail_from,
@@ -180,13 +366,15 @@ class MailSender:
 
     async def _failed_attempt(self, pool: asyncpg.Pool, mail: ClaimedMail, error: str, permanent: bool) -> None:
         kind = core.kind_family(mail.kind)
-        if core.after_failure(mail.attempts, self._settings.mail_max_attempts, permanent) == "failed":
-            await repository.mark_failed(pool, mail, error)
-            self._metrics.failed.labels(kind).inc()
-            log.error("mail %s/%s failed after %d attempt(s): %s", mail.ref, mail.kind, mail.attempts, error)
-        else:
-            delay = core.backoff_seconds(mail.attempts, self._settings.mail_retry_base_seconds)
-            await repository.mark_retry(pool, mail, delay, error)
+        if permanent:
+            if await repository.mark_failed(pool, mail, error):
+                self._metrics.failed.labels(kind).inc()
+                log.error("mail %s/%s failed: %s (orderflow mail retry %s %s re-queues it)", mail.ref, mail.kind,
+                          error, mail.ref, mail.kind)
+            return
+        delay = core.backoff_seconds(mail.attempts, self._settings.mail_retry_base_seconds,
+                                     self._settings.mail_retry_max_seconds)
+        if await repository.mark_retry(pool, mail, delay, error):
             self._metrics.retried.labels(kind).inc()
             log.warning("mail %s/%s attempt %d failed (%s); next in %.1fs", mail.ref, mail.kind, mail.attempts,
                         error, delay)
@@ -203,25 +391,56 @@ class MailSender:
             except (aiosmtplib.SMTPException, OSError):
                 self._drop()
         s = self._settings
-        smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, timeout=SMTP_TIMEOUT,
-                               start_tls=s.smtp_starttls, username=s.smtp_username, password=s.smtp_password)
+        implicit = s.smtp_tls == "implicit"
+        smtp = aiosmtplib.SMTP(hostname=s.smtp_host, port=s.smtp_port, timeout=s.smtp_timeout_seconds,
+                               use_tls=implicit, start_tls=False,
+                               tls_context=tls_context(s, verify=True) if implicit else None)
         try:
-            await smtp.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            self._smtp_state = f"error: {exc}"
-            raise _Unreachable(f"SMTP server {s.smtp_host}:{s.smtp_port} unreachable: {exc}") from exc
+            await smtp.connect(timeout=min(CONNECT_TIMEOUT, s.smtp_timeout_seconds))
+            secured = implicit or await self._starttls(smtp)
+            if s.smtp_username and s.smtp_password:
+                await smtp.login(s.smtp_username, s.smtp_password)
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TlsUnavailable) as exc:
+            smtp.close()
+            self._smtp_state = "idle"
+            detail = reply_of(exc) if isinstance(exc, aiosmtplib.SMTPResponseException) else str(exc)
+            raise ServerUnavailable(f"SMTP server {s.smtp_host}:{s.smtp_port}: {detail}") from exc
         self._smtp = smtp
-        self._smtp_state = "connected"
+        self._smtp_state = "connected (TLS)" if secured else "connected (no TLS)"
+        self._server_back()
         return smtp
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP) -> bool:
+        """STARTTLS per SMTP_TLS; True when the session is now encrypted. Credentials never go out in clear unless
+        SMTP_TLS=none: with them, `starttls` behaves as `required` (and the certificate is verified)."""
+        s = self._settings
+        if s.smtp_tls == "none":
+            return False
+        await smtp.ehlo()
+        with_credentials = bool(s.smtp_username)
+        if smtp.supports_extension("starttls"):
+            verify = s.smtp_tls == "required" or with_credentials or s.smtp_ca_file is not None
+            await smtp.starttls(tls_context=tls_context(s, verify=verify))
+            return True
+        if s.smtp_tls == "required":
+            raise TlsUnavailable("the server offers no STARTTLS and SMTP_TLS=required")
+        if with_credentials:
+            raise TlsUnavailable("the server offers no STARTTLS: SMTP credentials are never sent in clear "
+                                 "(SMTP_TLS=none would allow it)")
+        if not self._warned_clear:
+            self._warned_clear = True
+            log.warning("SMTP server %s:%s offers no STARTTLS: mail goes to it unencrypted", s.smtp_host,
+                        s.smtp_port)
+        return False
 
     async def _send(self, message: EmailMessage) -> None:
         smtp = await self._connection()
         started = time.perf_counter()
         try:
-            await smtp.send_message(message)
+            await smtp.send_message(message, sender=self._envelope_from)
         except (aiosmtplib.SMTPException, OSError) as exc:
             self._drop()  # whatever state the session is in, the next mail starts on a fresh one
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) and not isinstance(exc, aiosmtplib.SMTPException):
                 raise aiosmtplib.SMTPServerDisconnected(str(exc)) from exc
             raise
         finally:
@@ -239,15 +458,6 @@ class MailSender:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                 await self._smtp.quit()
             self._drop()
-
-
-def _is_permanent(exc: aiosmtplib.SMTPException) -> bool:
-    """5xx replies are final (bad address, refused content); 4xx and broken connections are worth a retry."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        return all(r.code >= 500 for r in exc.recipients)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return exc.code >= 500
-    return False
 
 
 def _stored(mail: ClaimedMail) -> Rendered:

@@ -104,12 +104,11 @@ def test_message_id_is_deterministic_per_key() -> None:
     assert a.startswith("<") and a.endswith("@orderflow>") and len(a) == len("<@orderflow>") + 32
 
 
-def test_backoff_doubles_up_to_a_cap_and_the_last_try_fails() -> None:
+def test_backoff_doubles_up_to_a_cap_and_never_ends() -> None:
     assert [core.backoff_seconds(n, 1.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
     assert core.backoff_seconds(30, 1.0, cap=600) == 600
-    assert core.after_failure(3, 10, permanent=False) == "retry"
-    assert core.after_failure(10, 10, permanent=False) == "failed"
-    assert core.after_failure(1, 10, permanent=True) == "failed"
+    assert core.backoff_seconds(10_000, 0.2, cap=2) == 2  # the thousandth failure waits the cap, no overflow
+    assert not hasattr(core, "after_failure")  # there is no last attempt any more
 
 
 def test_merchant_mail_waits_for_the_shop_settings_customer_mail_only_a_while() -> None:
