@@ -157,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
 
     ops.add_parsers(sub, _bootstrap, _database_url)
 
+    from orderflow.ops import mail  # mail list|retry
+
+    mail.add_parser(sub, _database_url)
+
     from orderflow.sim.cli import add_simulate_parser  # simulate
     from orderflow.sim.demo import add_demo_parser  # demo
 
