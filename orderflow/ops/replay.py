@@ -1,10 +1,11 @@
 """`orderflow replay SERVICE|all` and `orderflow rebuild SERVICE`: reprocess a service's input topics.
 
 The storefront topics are the source of truth. A replay stops the service's workers, moves its consumer group's
-committed offsets back (to the earliest offset or to a timestamp), starts the workers again and watches the group
-until it has caught up. Only the topics its agents consume move; the changelog topics of its faust tables never do
-(they are its state, not its input). Handlers are idempotent by key, so a replay changes nothing that was applied.
-A rebuild first empties the service's read model in PostgreSQL, then replays from the earliest offset.
+stored positions (PostgreSQL, where they count) and committed offsets (broker, for tooling) back (to the earliest
+offset or to a timestamp), starts the workers again and watches the group until it has caught up. Only the topics
+its agents consume move; the changelog topics of its faust tables never do (they are its state, not its input).
+Handlers are idempotent by key, so a replay changes nothing that was applied. A rebuild first empties the
+service's read model in PostgreSQL, then replays from the earliest offset.
 
 aiokafka 0.14's admin client cannot alter a group's offsets, so the reset commits them with a consumer that uses
 the group's id without joining it: the broker accepts that only while the group has no members, which is the
@@ -180,7 +181,68 @@ async def _call(control: Control | None) -> None:
             await result
 
 
+@dataclass(frozen=True)
+class PlanLine:
+    """What a replay will do to one partition, for `--dry-run` and the record."""
+
+    service: str
+    tp: TopicPartition
+    stored: int | None  # the position in PostgreSQL now (None: no row)
+    committed: int  # the broker's committed offset now
+    target: int  # where the replay starts it
+    end: int
+
+
+async def stored_positions(database_url: str, target: ReplayTarget) -> dict[tuple[str, int], int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{target.service}".consumer_positions'):
+            return {}
+        rows = await conn.fetch(f'SELECT topic, partition, next_offset FROM "{target.service}".consumer_positions '
+                                "WHERE consumer = $1", target.group_id)
+        return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def plan_replay(bootstrap: str, database_url: str | None, targets: Sequence[ReplayTarget],
+                      from_ms: int | None = None) -> list[PlanLine]:
+    """Read-only: where each partition is now (PostgreSQL and broker) and where the replay would put it."""
+    lines: list[PlanLine] = []
+    async with GroupOffsets(bootstrap) as kafka:
+        for target in targets:
+            tps = await kafka.partitions(target.topics)
+            points = await kafka.reset_points(tps, from_ms)
+            ends = await kafka.ends(tps)
+            committed = await kafka.committed(target.group_id, tps)
+            stored = await stored_positions(database_url, target) if database_url else {}
+            lines += [PlanLine(target.service, tp, stored.get((tp.topic, tp.partition)), committed[tp], points[tp],
+                               ends[tp]) for tp in tps]
+    return lines
+
+
+async def write_positions(database_url: str, target: ReplayTarget, points: dict[TopicPartition, int],
+                          ends: dict[TopicPartition, int]) -> None:
+    """The replay's reset in PostgreSQL, where it counts: positions, and the goals the scanners wait for."""
+    import asyncpg
+
+    from orderflow.runtime.unit import set_goals, set_positions
+
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": target.service})
+    try:
+        if not await conn.fetchval("SELECT to_regclass('catch_up_goals') IS NOT NULL"):
+            return  # never started (or not migrated yet): it starts from the broker's offsets, reset below
+        async with conn.transaction():
+            await set_positions(conn, target.group_id, {(tp.topic, tp.partition): o for tp, o in points.items()})
+            await set_goals(conn, target.group_id, {(tp.topic, tp.partition): o for tp, o in ends.items()})
+    finally:
+        await conn.close()
+
+
 async def replay(bootstrap: str, targets: Sequence[ReplayTarget], *, from_ms: int | None = None,
+                 database_url: str | None = None,
                  stop_workers: Control | None = None, start_workers: Control | None = None,
                  before_reset: Control | None = None,
                  on_progress: Callable[[list[PartitionProgress]], None] | None = None,
@@ -188,10 +250,14 @@ async def replay(bootstrap: str, targets: Sequence[ReplayTarget], *, from_ms: in
                  poll: float = 0.5) -> list[PartitionProgress]:
     """Stop, reset every target group, run `before_reset`'s cleanup first if given, start, watch until caught up.
 
+    The reset is written where it counts, the stored positions in PostgreSQL (with the goals that hold the
+    abandon scanner and inventory's orders until the replay caught up), and on the broker for tooling. Without
+    `database_url` only the broker moves, and the workers drop what their stored positions say is applied.
     The workers are started again even when the reset fails, so a failed replay never leaves a service down.
     """
     async with GroupOffsets(bootstrap) as kafka:
         plan = {t.group_id: await kafka.partitions(t.topics) for t in targets}
+        by_group = {t.group_id: t for t in targets}
         await _call(stop_workers)
         try:
             for group_id in plan:
@@ -202,6 +268,8 @@ async def replay(bootstrap: str, targets: Sequence[ReplayTarget], *, from_ms: in
             for group_id, tps in plan.items():
                 points = await kafka.reset_points(tps, from_ms)
                 ends = await kafka.ends(tps)
+                if database_url is not None:
+                    await write_positions(database_url, by_group[group_id], points, ends)
                 await kafka.commit(group_id, points)
                 for tp in tps:
                     starts[group_id, tp] = points[tp]
@@ -251,14 +319,31 @@ async def truncate_read_model(database_url: str, schema: str) -> list[str]:
         await conn.close()
 
 
+async def history_deleted(bootstrap: str, target: ReplayTarget) -> list[str]:
+    """Partitions whose earliest offset is no longer 0: retention (or DeleteRecords) removed history there."""
+    async with GroupOffsets(bootstrap) as kafka:
+        tps = await kafka.partitions(target.topics)
+        earliest = await kafka.reset_points(tps, None)
+    return [f"{tp.topic}[{tp.partition}] starts at {offset}" for tp, offset in sorted(earliest.items()) if offset > 0]
+
+
 async def rebuild(bootstrap: str, database_url: str, target: ReplayTarget, *, schema: str | None = None,
-                  **replay_options: Any) -> list[PartitionProgress]:
-    """Empty the read model (while the workers are stopped) and replay from the earliest offset."""
+                  allow_lost_history: bool = False, **replay_options: Any) -> list[PartitionProgress]:
+    """Empty the read model (while the workers are stopped) and replay from the earliest offset.
+
+    Refused when a topic's history is no longer complete (earliest offset above 0): the rebuilt state would miss
+    what retention deleted, silently. `allow_lost_history` rebuilds anyway.
+    """
+    if not allow_lost_history and (gone := await history_deleted(bootstrap, target)):
+        raise ReplayError(f"{target.service}: history was deleted from its input topics ({'; '.join(gone[:4])}"
+                          f"{'; ...' if len(gone) > 4 else ''}); a rebuild would lose it. Add --allow-lost-history "
+                          "to rebuild anyway")
 
     async def empty() -> None:
         await truncate_read_model(database_url, schema or target.service)
 
-    return await replay(bootstrap, [target], from_ms=None, before_reset=empty, **replay_options)
+    return await replay(bootstrap, [target], from_ms=None, database_url=database_url, before_reset=empty,
+                        **replay_options)
 
 
 # --- workers of the local stack ----------------------------------------------------------------------------
@@ -315,12 +400,16 @@ def add_parsers(sub: argparse._SubParsersAction, bootstrap: Callable[[], str],
     when.add_argument("--from", dest="from_time", metavar="TIMESTAMP",
                       help="from this time: ISO 8601 (UTC unless it says) or epoch ms")
     p.add_argument("--timeout", type=float, default=None, help="give up watching after S seconds")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (stored position, broker offset, new start per partition) and change nothing")
     p.set_defaults(func=lambda args: cmd_replay(args, bootstrap(), database_url()))
 
     p = sub.add_parser("rebuild", help="empty a service's read model in PostgreSQL and rebuild it from the topics")
     p.add_argument("service")
     p.add_argument("--timeout", type=float, default=None, help="give up watching after S seconds")
     p.add_argument("--force", action="store_true", help="rebuild notify or orders despite what it loses")
+    p.add_argument("--allow-lost-history", action="store_true",
+                   help="rebuild although retention deleted the start of an input topic")
     p.set_defaults(func=lambda args: cmd_rebuild(args, bootstrap(), database_url()))
 
 
@@ -356,13 +445,26 @@ def _run(targets: list[ReplayTarget], timeout: float | None,
     return 0
 
 
+def print_plan(lines: list[PlanLine]) -> int:
+    print(f"{'service':<10} {'partition':<28} {'stored':>8} {'broker':>8} {'replay from':>11} {'end':>8}")
+    for line in lines:
+        stored = "-" if line.stored is None else str(line.stored)
+        print(f"{line.service:<10} {f'{line.tp.topic}[{line.tp.partition}]':<28} {stored:>8} {line.committed:>8} "
+              f"{line.target:>11} {line.end:>8}")
+    print(f"dry run: {sum(max(0, ln.end - ln.target) for ln in lines)} event(s) would be replayed on {len(lines)} "
+          "partition(s); nothing was changed")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace, bootstrap: str, database_url: str) -> int:
     try:
         from_ms = parse_timestamp(args.from_time) if args.from_time else None
         targets = _targets(args.service, _env(bootstrap, database_url))
+        if args.dry_run:
+            return print_plan(asyncio.run(plan_replay(bootstrap, database_url, targets, from_ms)))
 
         async def job(**options: Any) -> list[PartitionProgress]:
-            return await replay(bootstrap, targets, from_ms=from_ms, **options)
+            return await replay(bootstrap, targets, from_ms=from_ms, database_url=database_url, **options)
 
         return _run(targets, args.timeout, job)
     except ReplayError as exc:
@@ -379,7 +481,8 @@ def cmd_rebuild(args: argparse.Namespace, bootstrap: str, database_url: str) -> 
         (target,) = _targets(args.service, _env(bootstrap, database_url))
 
         async def job(**options: Any) -> list[PartitionProgress]:
-            return await rebuild(bootstrap, database_url, target, **options)
+            return await rebuild(bootstrap, database_url, target, allow_lost_history=args.allow_lost_history,
+                                 **options)
 
         return _run([target], args.timeout, job)
     except ReplayError as exc:

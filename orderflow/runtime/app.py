@@ -37,7 +37,14 @@ from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
 from orderflow.runtime.outbox import OutboxRelay
 from orderflow.runtime.positions import PartitionGate, Verdict
-from orderflow.runtime.unit import PositionMoved, PositionWrite, UnitOfWork, load_positions, store_positions
+from orderflow.runtime.unit import (
+    PositionMoved,
+    PositionWrite,
+    UnitOfWork,
+    goals_pending,
+    load_positions,
+    store_positions,
+)
 from orderflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,6 +134,7 @@ class Runtime(Service):
         self._gates: dict[Any, PartitionGate] = {}
         self._unsent: dict[Any, int] = {}  # positions committed in PostgreSQL, not yet on the broker
         self._consumed: set[str] = set()
+        self._settled: set[tuple[str, ...] | None] = set()  # topics with no replay goal left (then trusted)
         self._waiting: dict[str, str] = {}  # what is waiting on a dependency -> the last error
         self._health_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
@@ -310,15 +318,23 @@ class Runtime(Service):
         return self.app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
                               value_serializer="raw", partitions=self.settings.topic_partitions, acks=False)
 
-    def consume(self, spec: TopicSpec, handler: Handler, *, batch: int = 1, within: float = 0.02) -> Handler:
-        """Feed `handler(uow, events)` the valid events of each batch, in offset order per partition."""
+    def consume(self, spec: TopicSpec, handler: Handler, *, batch: int = 1, within: float = 0.02,
+                after: Sequence[TopicSpec] = ()) -> Handler:
+        """Feed `handler(uow, events)` the valid events of each batch, in offset order per partition.
+
+        `after`: topics whose replay must be caught up before this one is applied (see `caught_up`).
+        """
         if spec.name in self._consumed:
             raise ValueError(f"{spec.name} is consumed twice by {self.service}: positions are per (group, topic)")
         self._consumed.add(spec.name)
 
+        first = tuple(t.name for t in after)
+
         async def agent(stream: faust.StreamT) -> None:
             async for events in stream.take_events(batch, within=within):
                 records = [Record(e.message.tp, e.message.offset, e.key, e.value) for e in events]
+                if first:
+                    await self.wait_caught_up(first, spec.name)
                 try:
                     await self._consume(spec, handler, records)
                 except asyncio.CancelledError:
@@ -349,6 +365,8 @@ class Runtime(Service):
                 seeks[record.tp] = gate.next_wanted()
             elif verdict is Verdict.DROP:
                 self.metrics.redelivered.labels(spec.name).inc()
+                if gate.position is not None:  # the broker was behind PostgreSQL (a replay without positions)
+                    self._unsent.setdefault(record.tp, gate.position)
         for tp, offset in seeks.items():
             log.info("%s[%s]: records before %s did not come; reading again from %s", tp.topic, tp.partition,
                      gate_jump(self._gates[tp]), offset)
@@ -461,6 +479,28 @@ class Runtime(Service):
 
     async def _dead_letter(self, record: Record, reason: str, kind: str) -> None:
         await self._until_done(f"{record.tp.topic}.dlq", lambda: self.dlq.send(record.source, reason, kind))
+
+    async def caught_up(self, topics: Sequence[str] | None = None) -> bool:
+        """False while a replay or rebuild of these topics (all, by default) has not reached its goals."""
+        key = tuple(topics) if topics is not None else None
+        if key in self._settled:
+            return True
+
+        async def pending() -> int:
+            return await goals_pending(await self.pool(), self.group, topics)
+
+        left = await self._until_done("catch-up goals", pending)
+        if not left:
+            self._settled.add(key)  # goals are only written while this service's workers are stopped
+        return not left
+
+    async def wait_caught_up(self, topics: Sequence[str] | None, waiter: str) -> None:
+        logged = False
+        while not await self.caught_up(topics):
+            if not logged:
+                log.info("%s waits until the replay of %s has caught up", waiter, ", ".join(topics or ["its input"]))
+                logged = True
+            await asyncio.sleep(0.5)
 
     # --- housekeeping ---------------------------------------------------------------------------------------
 

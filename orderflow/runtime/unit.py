@@ -104,3 +104,36 @@ async def store_positions(conn: asyncpg.Connection, group: str, writes: Sequence
             group, topic, [w.partition for w in mine], [w.next_offset for w in mine])
         if int(status.split()[-1]) != len(mine):
             raise PositionMoved(f"{topic}: another worker stored a first position meanwhile")
+
+
+async def set_positions(conn: asyncpg.Connection, group: str, positions: dict[tuple[str, int], int]) -> None:
+    """Operator's reset (replay, rebuild; workers stopped): these partitions resume exactly there."""
+    await conn.executemany(
+        "INSERT INTO consumer_positions (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+        [(group, topic, partition, offset) for (topic, partition), offset in positions.items()])
+
+
+async def set_goals(conn: asyncpg.Connection, group: str, goals: dict[tuple[str, int], int]) -> None:
+    await conn.execute("DELETE FROM catch_up_goals WHERE consumer = $1", group)
+    await conn.executemany(
+        "INSERT INTO catch_up_goals (consumer, topic, partition, goal) VALUES ($1, $2, $3, $4)",
+        [(group, topic, partition, goal) for (topic, partition), goal in goals.items() if goal > 0])
+
+
+async def goals_pending(conn: asyncpg.Connection | asyncpg.Pool, group: str,
+                        topics: Sequence[str] | None = None) -> int:
+    """How many partitions (of these topics, or of all) have not reached their catch-up goal; reached goals are
+    deleted, so the common case (no replay in progress) costs one indexed read."""
+    rows = await conn.fetch(
+        "SELECT g.topic, g.partition, g.goal, coalesce(p.next_offset, 0) AS at FROM catch_up_goals g "
+        "LEFT JOIN consumer_positions p USING (consumer, topic, partition) "
+        "WHERE g.consumer = $1 AND ($2::text[] IS NULL OR g.topic = ANY($2::text[]))",
+        group, list(topics) if topics is not None else None)
+    reached = [(r["topic"], r["partition"]) for r in rows if r["at"] >= r["goal"]]
+    if reached:
+        await conn.execute(
+            "DELETE FROM catch_up_goals g USING unnest($2::text[], $3::int[]) AS r(topic, partition) "
+            "WHERE g.consumer = $1 AND g.topic = r.topic AND g.partition = r.partition",
+            group, [t for t, _ in reached], [p for _, p in reached])
+    return len(rows) - len(reached)

@@ -131,6 +131,9 @@ def build(settings: Settings) -> Runtime:
         """Every ABANDON_SCAN_MS: claim the checkouts past due (one unit of work per round)."""
         next_count = 0.0
         while True:
+            # After a replay or rebuild, nothing is abandoned until every input topic caught up: a checkout whose
+            # order the replay has not reached yet would otherwise be mailed "your cart is waiting".
+            await rt.wait_caught_up(None, "the abandon scanner")
             claimed = await rt.run_unit(abandon_due, topic="abandon-scanner")
             if claimed:
                 metrics.abandoned.inc(len(claimed))

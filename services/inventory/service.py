@@ -15,7 +15,9 @@ from services.inventory import api, handlers
 def build(settings: Settings) -> Runtime:
     rt = Runtime(settings)
     rt.context = handlers.Context(metrics=handlers.InventoryMetrics(rt.metrics.registry))
-    rt.consume(topics.ORDER_STATUS, handlers.order_status, batch=1000, within=0.02)
+    # After a replay or rebuild, restocks first: an order is never refused for an unknown SKU only because the
+    # replay reached it before the stock.adjusted that created the SKU.
+    rt.consume(topics.ORDER_STATUS, handlers.order_status, batch=1000, within=0.02, after=[topics.STOCK_ADJUSTED])
     rt.consume(topics.STOCK_ADJUSTED, handlers.stock_adjusted, batch=500, within=0.02)
     api.add_routes(rt)
     return rt

@@ -13,7 +13,8 @@ from orderflow.runtime.unit import PositionMoved
 def pg_error(sqlstate: str) -> asyncpg.PostgresError:
     cls = asyncpg.PostgresError
     for candidate in asyncpg.exceptions.__dict__.values():
-        if isinstance(candidate, type) and issubclass(candidate, cls) and getattr(candidate, "sqlstate", None) == sqlstate:
+        is_error = isinstance(candidate, type) and issubclass(candidate, cls)
+        if is_error and getattr(candidate, "sqlstate", None) == sqlstate:
             cls = candidate
             break
     err = cls.__new__(cls)
