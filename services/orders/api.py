@@ -13,7 +13,6 @@ from pydantic import Field, ValidationError
 
 from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
 from contracts.base import Email, LongText, Model, Text
-from orderflow.runtime import outbox
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
 from services.orders import core
 from services.orders import repository as repo
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from orderflow.runtime.app import Runtime
+    from orderflow.runtime.unit import UnitOfWork
     from services.orders.service import Orders
 
 MAX_PER_PAGE = 200
@@ -97,21 +97,24 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         return json_response(await order_view(pool, order))
 
     async def change(request: web.Request, decide: Any) -> web.Response:
-        """Lock the order, let the core decide, write; 409 with the reason when refused."""
-        pool = await rt.pool()
-        async with pool.acquire() as conn:
-            async with conn.transaction():
-                order = await repo.lock_order(conn, request.match_info["order_id"])
-                if order is None:
-                    raise ApiError(404, "no such order")
-                decision: core.Decision = decide(order.state)
-                if decision.refused:
-                    return json_response({"error": decision.refused, "status": order.state.status,
-                                          "payment_status": order.state.payment_status}, status=409)
-                order = await repo.apply(conn, order, decision)
-            orders.count([decision])
-            rt.outbox.wake()
-            return json_response({**await order_view(conn, order), "changed": bool(decision.changes)})
+        """Lock the order, let the core decide, write, in one unit of work; 409 with the reason when refused."""
+        order_id = request.match_info["order_id"]
+
+        async def work(uow: UnitOfWork) -> tuple[repo.Order, core.Decision]:
+            order = await repo.lock_order(uow.conn, order_id)
+            if order is None:
+                raise ApiError(404, "no such order")
+            decision: core.Decision = decide(order.state)
+            if not decision.refused:
+                order = await repo.apply(uow.conn, order, decision)
+                uow.after_commit(lambda: orders.count([decision]))
+            return order, decision
+
+        order, decision = await rt.run_unit(work, wait_for_dependencies=False)
+        if decision.refused:
+            return json_response({"error": decision.refused, "status": order.state.status,
+                                  "payment_status": order.state.payment_status}, status=409)
+        return json_response({**await order_view(await rt.pool(), order), "changed": bool(decision.changes)})
 
     async def set_status(request: web.Request) -> web.Response:
         body = await read_json(request, StatusBody)
@@ -123,19 +126,21 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
 
     async def send_message(request: web.Request) -> web.Response:
         body = await read_json(request, MessageBody)
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            order = await repo.get_order(conn, request.match_info["order_id"])
+        order_id = request.match_info["order_id"]
+        message_id = uuid.uuid4().hex
+
+        async def work(uow: UnitOfWork) -> None:
+            order = await repo.get_order(uow.conn, order_id)
             if order is None:
                 raise ApiError(404, "no such order")
-            message_id = uuid.uuid4().hex
-            await outbox.stage(conn, [CustomerMessageRequested(
+            uow.emit([CustomerMessageRequested(
                 event_id=derived_event_id("order.message", order.order_id, message_id), occurred_at=now(),
                 shop_id=order.shop_id, order_id=order.order_id, message_id=message_id, text=body.text,
                 customer=order.customer,
             )])
-        rt.outbox.wake()
-        return json_response({"message_id": message_id, "order_id": order.order_id}, status=202)
+
+        await rt.run_unit(work, wait_for_dependencies=False)
+        return json_response({"message_id": message_id, "order_id": order_id}, status=202)
 
     async def put_shop(request: web.Request) -> web.Response:
         body = await read_json(request, ShopBody)
@@ -145,15 +150,16 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
                                     **body.model_dump())
         except ValidationError as exc:
             raise ApiError(400, f"shop_id: {exc.errors()[0]['msg']}") from None
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            version = await repo.upsert_shop(conn, settings, bump_version=True)
+        async def work(uow: UnitOfWork) -> ShopSettings:
+            version = await repo.upsert_shop(uow.conn, settings, bump_version=True)
             if not version:
                 raise ApiError(409, "newer settings for this shop are already stored")
-            settings = settings.model_copy(update={"event_id": derived_event_id("shop.settings", shop_id, version)})
-            await outbox.stage(conn, [settings])
-        rt.outbox.wake()
-        return json_response(settings.model_dump(mode="json", exclude={"event_id", "occurred_at"}))
+            stored = settings.model_copy(update={"event_id": derived_event_id("shop.settings", shop_id, version)})
+            uow.emit([stored])
+            return stored
+
+        stored = await rt.run_unit(work, wait_for_dependencies=False)
+        return json_response(stored.model_dump(mode="json", exclude={"event_id", "occurred_at"}))
 
     rt.http.route("GET", "/orders", list_orders)
     rt.http.route("GET", "/orders/{order_id}", get_order)

@@ -28,7 +28,6 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, StockAdjusted, derived_event_id, now
-from orderflow.runtime import outbox
 from services.orders import core
 from services.orders import repository as repo
 from services.orders.api import MessageBody, ShopBody, order_view
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from orderflow.runtime.app import Runtime
+    from orderflow.runtime.unit import UnitOfWork
     from services.orders.service import Orders
 
 PREFIX = "/backoffice"
@@ -202,18 +202,22 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
                      done: str) -> web.StreamResponse:
         """The API's change: lock, let the core decide, write and stage in one transaction; show a refusal."""
         order_id = request.match_info["order_id"]
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            order = await repo.lock_order(conn, order_id)
+
+        async def work(uow: UnitOfWork) -> core.Decision | None:
+            order = await repo.lock_order(uow.conn, order_id)
             if order is None:
-                return await order_page(request)
+                return None
             decision = decide(order.state)
             if not decision.refused:
-                await repo.apply(conn, order, decision)
+                await repo.apply(uow.conn, order, decision)
+                uow.after_commit(lambda: orders.count([decision]))
+            return decision
+
+        decision = await rt.run_unit(work, wait_for_dependencies=False)
+        if decision is None:
+            return await order_page(request)
         if decision.refused:
             return await order_page(request, error=decision.refused, status=409)
-        orders.count([decision])
-        rt.outbox.wake()
         done = done if decision.changes else "unchanged"
         raise web.HTTPSeeOther(page_url(f"/orders/{quote(order_id, safe='')}", done=done))
 
@@ -237,17 +241,19 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
                                     message_text=text)
         if not FORM_ID.match(message_id):
             return await order_page(request, error="Reload the page and send the message again.", status=400)
-        pool = await rt.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            order = await repo.get_order(conn, request.match_info["order_id"])
-            if order is None:
-                return await order_page(request)
-            await outbox.stage(conn, [CustomerMessageRequested(
-                event_id=derived_event_id("order.message", order.order_id, message_id), occurred_at=now(),
-                shop_id=order.shop_id, order_id=order.order_id, message_id=message_id, text=body.text,
-                customer=order.customer,
-            )])
-        rt.outbox.wake()
+        async def work(uow: UnitOfWork) -> repo.Order | None:
+            order = await repo.get_order(uow.conn, request.match_info["order_id"])
+            if order is not None:
+                uow.emit([CustomerMessageRequested(
+                    event_id=derived_event_id("order.message", order.order_id, message_id), occurred_at=now(),
+                    shop_id=order.shop_id, order_id=order.order_id, message_id=message_id, text=body.text,
+                    customer=order.customer,
+                )])
+            return order
+
+        order = await rt.run_unit(work, wait_for_dependencies=False)
+        if order is None:
+            return await order_page(request)
         raise web.HTTPSeeOther(page_url(f"/orders/{quote(order.order_id, safe='')}", done="message"))
 
     # --- stock ------------------------------------------------------------------------------------------------
@@ -293,9 +299,10 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
             where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "form"
             return await stock_page(request, error=f"{where}: {exc.errors()[0]['msg']}", status=400,
                                     shop_id=shop_id)
-        async with (await rt.pool()).acquire() as conn, conn.transaction():
-            await outbox.stage(conn, [event])
-        rt.outbox.wake()
+        async def work(uow: UnitOfWork) -> None:
+            uow.emit([event])
+
+        await rt.run_unit(work, wait_for_dependencies=False)
         raise web.HTTPSeeOther(page_url("/stock", shop_id=shop_id, done="stock"))
 
     # --- shop settings ----------------------------------------------------------------------------------------
@@ -324,16 +331,16 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         except ValidationError as exc:
             where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "form"
             return await shop_page(request, error=f"{where}: {exc.errors()[0]['msg']}", status=400, values=values)
-        async with (await rt.pool()).acquire() as conn, conn.transaction():
-            version = await repo.upsert_shop(conn, settings, bump_version=True)
+        async def work(uow: UnitOfWork) -> int:
+            version = await repo.upsert_shop(uow.conn, settings, bump_version=True)
             if version:
-                settings = settings.model_copy(update={"event_id": derived_event_id("shop.settings", shop_id,
-                                                                                    version)})
-                await outbox.stage(conn, [settings])
-        if not version:
+                uow.emit([settings.model_copy(update={"event_id": derived_event_id("shop.settings", shop_id,
+                                                                                   version)})])
+            return version
+
+        if not await rt.run_unit(work, wait_for_dependencies=False):
             return await shop_page(request, error="Newer settings for this shop are already stored.", status=409,
                                    values=values)
-        rt.outbox.wake()
         raise web.HTTPSeeOther(page_url("/shop", shop_id=shop_id, done="shop"))
 
     def route(method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
