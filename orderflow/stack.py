@@ -38,6 +38,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARTITIONS = 8
 DLQ_PARTITIONS = 8
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+DLQ_HEADROOM_BYTES = 64 * 1024
+DLQ_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES + DLQ_HEADROOM_BYTES
+"""A dead letter is its source message plus `dlq.*` headers: a DLQ accepts a little more than its source topic
+(a letter that still does not fit goes out as a stub, see `orderflow.runtime.dlq`)."""
 SERVICE_START_TIMEOUT = 120.0
 
 
@@ -97,12 +101,69 @@ def wanted_topics(partitions: int | None = None) -> list[tuple[str, int, dict[st
     from contracts import ALL
 
     partitions = partitions or topic_partitions()
-    size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     wanted = []
     for spec in ALL:
-        wanted.append((spec.name, partitions, {"cleanup.policy": spec.cleanup_policy, **size}))
-        wanted.append((spec.dlq, DLQ_PARTITIONS, {"cleanup.policy": "delete", **size}))
+        wanted.append((spec.name, partitions, {"cleanup.policy": spec.cleanup_policy,
+                                               "max.message.bytes": str(MAX_MESSAGE_BYTES)}))
+        wanted.append((spec.dlq, DLQ_PARTITIONS, {"cleanup.policy": "delete",
+                                                  "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}))
     return wanted
+
+
+RAISED_ON_EXISTING = ("max.message.bytes",)
+"""Settings `orderflow topics` brings existing topics up to (only ever raised; the cleanup policy of an existing topic
+is never changed: turning compaction on or off under live data is an operator's decision)."""
+
+DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source: set on the topic itself
+
+
+async def _topic_overrides(admin: object, names: list[str]) -> dict[str, dict[str, str]]:
+    """Each topic's own settings (not the broker's defaults), by name."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    if not names:
+        return {}
+    responses = await admin.describe_configs(  # type: ignore[attr-defined]
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in names])
+    overrides: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for error_code, error_message, _type, name, entries in response.resources:
+            if error_code:
+                raise StackError(f"describing topic {name} failed: error {error_code} {error_message or ''}".strip())
+            own: dict[str, str] = {}
+            for entry in entries:
+                config_name, value, source = entry[0], entry[1], entry[3]
+                is_own = source == DYNAMIC_TOPIC_CONFIG if response.API_VERSION >= 1 else not source
+                if is_own and value is not None:
+                    own[config_name] = value
+            overrides[name] = own
+    return overrides
+
+
+async def _raise_existing(admin: object, wanted: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Raise RAISED_ON_EXISTING settings of existing topics that are below what is wanted; {name: what changed}.
+
+    aiokafka 0.14 only has the non-incremental AlterConfigs, which replaces all of a topic's own settings: the
+    topic's current ones are sent along, changed only where raised."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    current = await _topic_overrides(admin, list(wanted))
+    changes: dict[str, dict[str, str]] = {}
+    for name, configs in wanted.items():
+        own = current.get(name, {})
+        for key in RAISED_ON_EXISTING:
+            if key in configs and int(own.get(key) or 0) < int(configs[key]):
+                changes.setdefault(name, {})[key] = configs[key]
+    if not changes:
+        return {}
+    responses = await admin.alter_configs(  # type: ignore[attr-defined]
+        [ConfigResource(ConfigResourceType.TOPIC, name, {**current.get(name, {}), **raised})
+         for name, raised in changes.items()])
+    for response in responses:
+        for error_code, error_message, _type, name in response.resources:
+            if error_code:
+                raise StackError(f"altering topic {name} failed: error {error_code} {error_message or ''}".strip())
+    return {name: ", ".join(f"{k}={v}" for k, v in raised.items()) for name, raised in changes.items()}
 
 
 async def _create_topics(bootstrap: str, partitions: int | None) -> dict[str, str]:
@@ -116,6 +177,10 @@ async def _create_topics(bootstrap: str, partitions: int | None) -> dict[str, st
         replication = max(1, min(3, brokers))
         outcome = {name: f"exists ({existing[name]} partitions)" for name, _, _ in wanted_topics(partitions)
                    if name in existing}
+        raised = await _raise_existing(admin, {name: configs for name, _, configs in wanted_topics(partitions)
+                                               if name in existing})
+        for name, change in raised.items():
+            outcome[name] += f", raised {change}"
         missing = [NewTopic(name, n, replication, topic_configs=configs)
                    for name, n, configs in wanted_topics(partitions) if name not in existing]
         if missing:
@@ -136,7 +201,8 @@ async def _create_topics(bootstrap: str, partitions: int | None) -> dict[str, st
 
 
 def create_topics(bootstrap: str, partitions: int | None = None) -> dict[str, str]:
-    """Create every registry topic (its partitions and cleanup policy) and its `.dlq`; existing ones are kept."""
+    """Create every registry topic (its partitions, cleanup policy, size limit) and its `.dlq`; existing ones are
+    kept, their size limit raised to the wanted one when lower."""
     return run_coro(_create_topics(bootstrap, partitions))
 
 
@@ -438,11 +504,27 @@ def status(rd: Path | None = None) -> list[Check]:
         probe("broker", lambda: kafka.broker_ready(bootstrap), bootstrap),
         probe("database", lambda: postgres.db_ready(state["postgres"]["url"]), state["postgres"]["url"]),
     ]
+    if checks[-1].healthy:
+        checks.append(_outbox_check(state["postgres"]["url"]))
     if mailbox := state["smtp"].get("mailbox_url"):
         checks.append(probe("mailsink", lambda: http_ok(f"{mailbox}/health"), mailbox))
     for w in state.get("services", []):
         checks.append(probe(f"{w['name']}-{w['index']}", lambda w=w: http_ok(f"{w['url']}/health"), w["url"]))
     return checks
+
+
+def _outbox_check(database_url: str) -> Check:
+    """Rows an outbox relay parked (never publishable as they are): shown, not unhealthy (the rest flows on)."""
+    from orderflow.ops.outbox import OutboxError, parked_counts
+
+    try:
+        parked = run_coro(parked_counts(database_url))
+    except OutboxError as exc:
+        return Check("outbox", False, str(exc))
+    if not parked:
+        return Check("outbox", True, "no parked rows")
+    listed = ", ".join(f"{service} {n}" for service, n in sorted(parked.items()))
+    return Check("outbox", True, f"PARKED rows: {listed} (orderflow outbox list)")
 
 
 def env_vars(rd: Path | None = None) -> dict[str, str]:

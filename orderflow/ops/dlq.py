@@ -3,7 +3,8 @@
 A redrive tracks its progress in a consumer group of its own on `<topic>.dlq` and commits a DLQ offset only after
 the broker acknowledged the re-sent message: a crash mid-redrive re-sends (consumers dedupe by event_id), never
 loses. Nothing is deleted from the DLQ; a message that fails again is dead-lettered again at a new offset and the
-next redrive picks it up.
+next redrive picks it up. A stub (`dlq.stub=true`: a letter too large for the DLQ, kept as a prefix of its bytes) is
+never re-sent: its original bytes are gone; the redrive counts it and moves past it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from orderflow.runtime.dlq import (
     HEADER_ERROR,
     HEADER_KIND,
     HEADER_OFFSET,
+    HEADER_ORIGINAL_SIZE,
     HEADER_PARTITION,
     HEADER_SERVICE,
+    HEADER_STUB,
+    HEADER_STUB_REASON,
     HEADER_TOPIC,
     dlq_topic,
     read_headers,
@@ -54,6 +58,10 @@ class DeadLetter:
     reason: str
     key: bytes | None
     value: bytes | None
+    stub: bool = False
+    """Only a prefix of the value is kept (the letter did not fit the DLQ); never re-sent."""
+    original_size: int | None = None
+    stub_reason: str = ""
 
     @classmethod
     def from_record(cls, record: ConsumerRecord, dlq_name: str) -> DeadLetter:
@@ -71,6 +79,9 @@ class DeadLetter:
             reason=headers.get(HEADER_ERROR, "(no reason header)"),
             key=record.key,
             value=record.value,
+            stub=headers.get(HEADER_STUB) == "true",
+            original_size=_int_or_none(headers.get(HEADER_ORIGINAL_SIZE)),
+            stub_reason=headers.get(HEADER_STUB_REASON, ""),
         )
 
 
@@ -94,13 +105,17 @@ def show_bytes(data: bytes | None, limit: int = VALUE_PREVIEW) -> str:
 def describe(letter: DeadLetter) -> str:
     """The few lines an operator reads for one dead letter."""
     where = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
-    return "\n".join([
+    lines = [
         f"dlq[{letter.dlq_partition}]@{letter.dlq_offset}  from {where}  service={letter.service}  "
         f"kind={letter.kind}",
         f"  reason: {letter.reason}",
         f"  key:    {show_bytes(letter.key, 120)}",
         f"  value:  {show_bytes(letter.value)}",
-    ])
+    ]
+    if letter.stub:
+        lines.insert(2, f"  STUB:   only the first {len(letter.value or b'')} of {letter.original_size} bytes kept "
+                        f"({letter.stub_reason}); not redriven")
+    return "\n".join(lines)
 
 
 # --- reading -----------------------------------------------------------------------------------------------
@@ -172,6 +187,8 @@ def redrive_group(topic: str) -> str:
 @dataclass
 class RedriveReport:
     resent: int = 0
+    stubs: int = 0
+    """Stubs moved past without re-sending (their original bytes are gone)."""
     by_source: Counter[str] = field(default_factory=Counter)
     letters: list[DeadLetter] = field(default_factory=list)
     dry_run: bool = False
@@ -201,6 +218,8 @@ async def redrive(bootstrap: str, topic: str, *, dry_run: bool = False, group_id
         try:
             async for batch in _records_until(consumer, ends):
                 letters = [DeadLetter.from_record(r, name) for r in batch]
+                report.stubs += sum(letter.stub for letter in letters)
+                letters = [letter for letter in letters if not letter.stub]
                 if not dry_run:
                     await _resend(producer, name, letters)
                     tp = TopicPartition(name, batch[-1].partition)
@@ -266,5 +285,7 @@ def cmd_redrive(args: argparse.Namespace, bootstrap: str) -> int:
         return 1
     verb = "would re-send" if report.dry_run else "re-sent"
     sources = ", ".join(f"{n} to {t}" for t, n in sorted(report.by_source.items())) or "nothing new"
-    print(f"{verb} {report.resent} dead letter(s): {sources}")
+    print(f"{verb} {report.resent} dead letter(s): {sources}"
+          + (f"; {report.stubs} stub(s) skipped (too large to keep; their original bytes are gone)"
+             if report.stubs else ""))
     return 0

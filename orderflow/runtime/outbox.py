@@ -112,7 +112,7 @@ def plan_round(ids: Sequence[int], attempts: Mapping[int, Attempt], *, alone: bo
         attempt = attempts.get(i)
         if attempt is None or attempt.error is None:
             continue
-        failure = classify(attempt.error)
+        failure = classify(attempt.error, at_delivery=attempt.stage == DELIVERY)
         if failure.transient:
             return RoundPlan(published, parked, retry=failure.reason)
         if attempt.stage == QUEUE or alone:

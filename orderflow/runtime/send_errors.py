@@ -24,7 +24,7 @@ PERMANENT: tuple[type[ke.KafkaError], ...] = (
     ke.MessageSizeTooLargeError,  # larger than the topic's max.message.bytes, or the producer's max_request_size
     ke.RecordTooLargeError,
     ke.RecordListTooLargeError,
-    ke.UnknownTopicOrPartitionError,  # raised only after a bounded wait for the topic's metadata
+    ke.UnknownTopicOrPartitionError,  # while queueing: after a bounded wait for the topic's metadata
     ke.InvalidTopicError,
     ke.TopicAuthorizationFailedError,
     ke.PolicyViolationError,
@@ -107,7 +107,10 @@ def kafka_error_of(exc: BaseException) -> ke.KafkaError | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    try:
+        text = str(exc).strip()
+    except Exception:  # noqa: BLE001 - e.g. aiokafka's BrokerResponseError base class has no errno to show
+        text = ""
     if not text:
         return type(exc).__name__
     first = text.splitlines()[0]
@@ -116,12 +119,18 @@ def _one_line(exc: BaseException) -> str:
     return first[:REASON_CHARS]
 
 
-def classify(exc: BaseException) -> SendFailure:
-    """Permanent (park this message) or transient (wait, then send the same messages again)."""
+def classify(exc: BaseException, *, at_delivery: bool = False) -> SendFailure:
+    """Permanent (park this message) or transient (wait, then send the same messages again).
+
+    `at_delivery`: the broker's answer to a message the producer had queued. An unknown topic or partition is then
+    transient: the topic had metadata when the message was queued, so the broker is not serving the partition at
+    the moment (a restart, a leader moving); were the topic deleted, the next attempt fails while queueing."""
     kafka = kafka_error_of(exc)
     if kafka is None:
         return SendFailure(False, _one_line(exc))
     reason = _one_line(kafka)
+    if at_delivery and isinstance(kafka, ke.UnknownTopicOrPartitionError):
+        return SendFailure(False, reason)
     if isinstance(kafka, PERMANENT):
         return SendFailure(True, reason)
     if isinstance(kafka, TRANSIENT) or kafka.retriable:
