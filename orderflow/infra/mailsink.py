@@ -6,9 +6,10 @@ to a JSONL file as they arrive, so a restart of the sink keeps them.
     python -m orderflow.infra.mailsink --smtp-port 2525 --http-port 8025 --store .run/mail.jsonl
 
 Test modes, to play a difficult server:
-- `PUT /faults {"stall_data_seconds": 40, "reject_rcpt": ["bob@"], "reject_reply": "550 5.1.1 ..."}` (each key
-  optional; `DELETE /faults` clears them): stall inside DATA (the message received, the reply held back), refuse
-  RCPT TO for recipients containing one of the strings. `GET /faults` also counts the DATA commands received per
+- `PUT /faults {"stall_data_seconds": 40, "stall_rcpt": ["ann@"], "reject_rcpt": ["bob@"], "reject_reply": "550
+  5.1.1 ..."}` (each key optional; `DELETE /faults` clears them): stall inside DATA (the message received, the reply
+  held back; only for recipients containing one of `stall_rcpt`, if given), refuse RCPT TO for recipients
+  containing one of `reject_rcpt`. `GET /faults` also counts the DATA commands received per
   recipient (stalled ones included) and those in progress.
 - `--tls-cert/--tls-key`: offer STARTTLS with that certificate (`--implicit-tls`: TLS from the first byte, as on
   port 465); `--auth USER:PASS` accepts AUTH PLAIN/LOGIN with those credentials, in clear too, so a test can see
@@ -97,6 +98,8 @@ class Faults:
     """What the sink does wrong on purpose (set over HTTP), and what it saw of DATA."""
 
     stall_data_seconds: float = 0.0
+    stall_rcpt: list[str] = field(default_factory=list)
+    """Stall only messages to a recipient containing one of these (empty: every message)."""
     reject_rcpt: list[str] = field(default_factory=list)
     reject_reply: str = "550 5.1.1 Recipient address rejected: mailbox unavailable"
     data_started: dict[str, int] = field(default_factory=dict)
@@ -105,16 +108,19 @@ class Faults:
     def update(self, body: dict[str, Any]) -> None:
         if "stall_data_seconds" in body:
             self.stall_data_seconds = float(body["stall_data_seconds"])
+        if "stall_rcpt" in body:
+            self.stall_rcpt = [str(r) for r in body["stall_rcpt"]]
         if "reject_rcpt" in body:
             self.reject_rcpt = [str(r) for r in body["reject_rcpt"]]
         if "reject_reply" in body:
             self.reject_reply = str(body["reject_reply"])
 
     def clear(self) -> None:
-        self.stall_data_seconds, self.reject_rcpt = 0.0, []
+        self.stall_data_seconds, self.stall_rcpt, self.reject_rcpt = 0.0, [], []
 
     def to_json(self) -> dict[str, Any]:
-        return {"stall_data_seconds": self.stall_data_seconds, "reject_rcpt": self.reject_rcpt,
+        return {"stall_data_seconds": self.stall_data_seconds, "stall_rcpt": self.stall_rcpt,
+                "reject_rcpt": self.reject_rcpt,
                 "reject_reply": self.reject_reply, "data_started": self.data_started, "in_data": self.in_data}
 
 
@@ -140,7 +146,9 @@ class _Handler:
             faults.data_started[rcpt] = faults.data_started.get(rcpt, 0) + 1
         faults.in_data += 1
         try:
-            if faults.stall_data_seconds > 0:
+            stalls = not faults.stall_rcpt or any(s.lower() in r.lower() for s in faults.stall_rcpt
+                                                  for r in envelope.rcpt_tos)
+            if faults.stall_data_seconds > 0 and stalls:
                 await asyncio.sleep(faults.stall_data_seconds)  # a slow server: the message is here, no reply yet
         finally:
             faults.in_data -= 1

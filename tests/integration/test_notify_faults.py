@@ -6,9 +6,14 @@ live worker would deliver these mails itself).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
+import httpx
 import pytest
 
 from contracts.producer import StorefrontProducer
@@ -24,7 +29,7 @@ from tests.integration.test_notify_mail import (
     shop_settings,
     uid,
 )
-from tests.workers import free_port
+from tests.workers import free_port, make_worker
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +40,27 @@ async def producer(kafka_bootstrap: str):
         yield p
 
 
-async def test_smtp_down_for_a_while_then_every_mail_arrives_once(kafka_bootstrap, database_url, producer,
-                                                                  tmp_path: Path) -> None:
+async def mail_rows(database_url: str, shop: str) -> list[dict]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [dict(r) for r in await conn.fetch(
+            "SELECT ref, kind, state, attempts, last_error, message_id FROM notify.mails WHERE shop_id = $1", shop)]
+    finally:
+        await conn.close()
+
+
+def health(worker) -> dict:
+    return httpx.get(f"{worker.url}/health", timeout=5).json()
+
+
+async def test_smtp_down_longer_than_the_old_give_up_then_every_mail_arrives_once(
+        kafka_bootstrap, database_url, producer, tmp_path: Path) -> None:
+    """The server is away for 20+ retries (the backoff capped at 2 s): nothing fails, /health says degraded, one
+    failed connect is one event (not one per mail); once it is back every mail arrives once."""
     smtp_port = free_port()  # nothing listens there yet
     worker = await notify_worker(kafka_bootstrap, database_url, tmp_path, SMTP_HOST="127.0.0.1",
-                                 SMTP_PORT=str(smtp_port), MAIL_RETRY_BASE_MS="200")
+                                 SMTP_PORT=str(smtp_port), MAIL_RETRY_BASE_MS="200", MAIL_RETRY_MAX_SECONDS="2",
+                                 MAIL_SMTP_CONNECTIONS="1")
     shop, merchant = f"shop-{uid()}", f"merchant-{uid()}@example.com"
     customers = [f"cust-{uid()}@example.com" for _ in range(5)]
     late_sink = None
@@ -47,9 +68,19 @@ async def test_smtp_down_for_a_while_then_every_mail_arrives_once(kafka_bootstra
         await producer.send(shop_settings(shop, merchant))
         for customer in customers:
             await producer.send(new_order(shop, customer))
-        await async_wait_for(lambda: metric(worker, "orderflow_mail_retried_total") >= 2, timeout=30,
-                             message="failed attempts while the SMTP server is down")
+        await async_wait_for(lambda: metric(worker, "orderflow_mail_smtp_unavailable_total") >= 20, timeout=120,
+                             message="20 failed connection attempts while the SMTP server is down", interval=0.5)
+        report = health(worker)
+        assert report["smtp"].startswith("degraded: ") and "127.0.0.1" in report["smtp"], report
+        assert report["ready"] is True  # the worker still consumes and records mails
+        assert metric(worker, "orderflow_mail_smtp_degraded") == 1
+        # the outage is counted per connection attempt, never per mail, and never ends in 'failed'
         assert metric(worker, "orderflow_mail_failed_total") == 0
+        assert metric(worker, "orderflow_mail_retried_total") == 0
+        rows = await mail_rows(database_url, shop)
+        # waiting untried (a probe may hold them for the moment of a connection attempt), saying why
+        assert len(rows) == 10 and {r["state"] for r in rows} <= {"pending", "sending"}, rows
+        assert all(r["attempts"] <= 1 and "waiting for the SMTP server" in (r["last_error"] or "") for r in rows)
 
         late_sink = sink.start(tmp_path / "sink", smtp_port=smtp_port)
         box = SinkReader(late_sink.http_url)
@@ -63,10 +94,109 @@ async def test_smtp_down_for_a_while_then_every_mail_arrives_once(kafka_bootstra
         mails = [m for m in box.messages() if m["to"] in {merchant, barrier, *customers}]
         assert len(mails) == 12
         assert len({m["message_id"] for m in mails}) == 12
+        assert {r["state"] for r in await mail_rows(database_url, shop)} == {"sent"}
+        assert health(worker)["smtp"].startswith("connected")
+        assert metric(worker, "orderflow_mail_smtp_degraded") == 0
     finally:
         worker.kill()
         if late_sink is not None:
             late_sink.stop()
+
+
+def orderflow_cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run([sys.executable, "-m", "orderflow.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+async def test_a_recipient_refused_with_550_fails_with_the_reply_and_is_retried_once_fixed(
+        kafka_bootstrap, database_url, producer, tmp_path: Path) -> None:
+    box_handle = sink.start(tmp_path / "sink")
+    box = SinkReader(box_handle.http_url)
+    shop, merchant = f"shop-{uid()}", f"merchant-{uid()}@example.com"
+    bounced, fine = f"bob-{uid()}@example.com", f"ann-{uid()}@example.com"
+    httpx.put(f"{box_handle.http_url}/faults", json={"reject_rcpt": [bounced]}, timeout=5).raise_for_status()
+    worker = await notify_worker(kafka_bootstrap, database_url, tmp_path, SMTP_HOST="127.0.0.1",
+                                 SMTP_PORT=str(box_handle.smtp_port), MAIL_SMTP_CONNECTIONS="1")
+    try:
+        await producer.send(shop_settings(shop, merchant))
+        order = f"o-{uid()}"
+        await producer.send(new_order(shop, bounced, order))
+        await producer.send(new_order(shop, fine))
+        await mails_to(box, fine, 1)
+        await mails_to(box, merchant, 2)
+        ref = f"{shop}/{order}"
+
+        async def failed() -> list[dict]:
+            return [r for r in await mail_rows(database_url, shop) if r["state"] == "failed"]
+
+        [row] = await async_wait_for(failed, timeout=30, message="the refused mail marked failed")
+        assert (row["ref"], row["kind"]) == (ref, "confirmation")
+        assert row["last_error"].startswith("550 5.1.1") and bounced in row["last_error"]
+        assert metric(worker, "orderflow_mail_failed_total") == 1
+        assert box.messages(to=bounced) == []
+
+        listed = orderflow_cli(database_url, "mail", "list", "--failed", "--shop", shop)
+        assert listed.returncode == 0, listed.stderr
+        assert ref in listed.stdout and "550 5.1.1" in listed.stdout and "1 mail(s)" in listed.stdout
+
+        httpx.delete(f"{box_handle.http_url}/faults", timeout=5).raise_for_status()  # the mailbox is fixed
+        retried = orderflow_cli(database_url, "mail", "retry", ref, "confirmation")
+        assert retried.returncode == 0, retried.stderr
+        assert f"re-queued {ref} confirmation {core.message_id(ref, 'confirmation')}" in retried.stdout
+        [mail] = await mails_to(box, bounced, 1)
+        assert mail["message_id"] == core.message_id(ref, "confirmation")
+        assert {r["state"] for r in await mail_rows(database_url, shop)} == {"sent"}
+        # a sent mail is never re-queued
+        again = orderflow_cli(database_url, "mail", "retry", ref, "confirmation")
+        assert again.returncode == 1 and "not re-queued" in again.stderr
+        barrier = f"cust-{uid()}@example.com"
+        await producer.send(new_order(shop, barrier))
+        await mails_to(box, barrier, 1)
+        assert len(box.messages(to=bounced)) == 1
+    finally:
+        worker.kill()
+        box_handle.stop()
+
+
+async def test_a_server_stalling_past_the_lease_inside_data_gets_one_copy(
+        kafka_bootstrap, database_url, producer, tmp_path: Path) -> None:
+    """The server holds its reply to DATA for 40 s, eight times the 5 s lease, while two senders (two workers) poll:
+    the sender in flight keeps extending its lease, the other never takes the mail; one copy, the row `sent`."""
+    box_handle = sink.start(tmp_path / "sink")
+    box = SinkReader(box_handle.http_url)
+    shop, merchant, slow = f"shop-{uid()}", f"merchant-{uid()}@example.com", f"slow-{uid()}@example.com"
+    httpx.put(f"{box_handle.http_url}/faults", json={"stall_data_seconds": 40, "stall_rcpt": [slow]},
+              timeout=5).raise_for_status()
+    env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(box_handle.smtp_port), "MAIL_SMTP_CONNECTIONS": "1",
+           "MAIL_LEASE_SECONDS": "5"}
+    first = await notify_worker(kafka_bootstrap, database_url, tmp_path, **env)
+    second = make_worker("notify", first.env, tmp_path, 1).start().wait_ready()
+    try:
+        await producer.send(shop_settings(shop, merchant))
+        order = f"o-{uid()}"
+        await producer.send(new_order(shop, slow, order))
+
+        def faults() -> dict:
+            return httpx.get(f"{box_handle.http_url}/faults", timeout=5).json()
+
+        await async_wait_for(lambda: faults()["in_data"] == 1, timeout=30, message="the mail stalled in DATA")
+        [mail] = await mails_to(box, slow, 1, timeout=90)
+        assert mail["message_id"] == core.message_id(f"{shop}/{order}", "confirmation")
+
+        async def settled() -> bool:
+            rows = {r["kind"]: r for r in await mail_rows(database_url, shop)}
+            return rows.get("confirmation", {}).get("state") == "sent" and faults()["in_data"] == 0
+
+        await async_wait_for(settled, timeout=30, message="the row sent and no DATA in progress")
+        assert faults()["data_started"].get(slow) == 1  # no second sender ever started this mail
+        assert len(box.messages(to=slow)) == 1
+        resent = metric(first, "orderflow_mail_resent_total") + metric(second, "orderflow_mail_resent_total")
+        assert resent == 0
+    finally:
+        first.kill()
+        second.kill()
+        box_handle.stop()
 
 
 async def test_sigkill_mid_burst_loses_nothing_and_never_changes_a_message_id(
