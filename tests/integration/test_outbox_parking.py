@@ -193,6 +193,8 @@ async def test_rows_too_large_are_parked_with_their_reason_and_the_rows_after_th
             assert [(r.id, r.topic, r.size) for r in listed] == [(ids[2], topic, 100_000), (ids[4], topic, 5_000_000)]
             assert "MessageSizeTooLargeError" in ops_outbox.describe(listed[0])
             assert (await ops_outbox.parked_counts(database_url))[outbox.schema] == 2
+            status = await asyncio.to_thread(stack._outbox_check, database_url)  # a line of `orderflow status`
+            assert status.healthy and f"{outbox.schema} 2" in status.detail, status
 
             # the operator raises the topic's limit and retries the one row that now fits: it goes out last
             admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
