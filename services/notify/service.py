@@ -12,7 +12,7 @@ from contracts import topics as t
 from orderflow.runtime.app import Runtime
 from orderflow.services import ServiceSpec
 from orderflow.settings import Settings
-from services.notify import handlers
+from services.notify import api, handlers
 from services.notify.sender import MailMetrics, MailSender
 
 
@@ -34,6 +34,7 @@ def build(settings: Settings) -> Runtime:
         for one in senders:
             one.wake()
 
+    api.register(rt, wake_senders)  # GET /mails, POST /mails/retry
     rt.context = handlers.Context(wake_senders=wake_senders, pool=rt.pool)
     rt.consume(t.ORDER_STATUS, handlers.order_status, batch=200, within=0.05)
     rt.consume(t.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=200, within=0.05)
