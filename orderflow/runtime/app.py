@@ -35,7 +35,7 @@ from orderflow.runtime.dlq import DeadLetters, Source
 from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify, describe
 from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
-from orderflow.runtime.outbox import OutboxRelay
+from orderflow.runtime.outbox import BrokerTopics, OutboxRelay
 from orderflow.runtime.positions import PartitionGate, Verdict
 from orderflow.runtime.unit import (
     PositionMoved,
@@ -106,7 +106,8 @@ def make_faust_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         producer_acks=-1,
         producer_linger_ms=5,  # fuller produce requests (a syscall is dear here) for 5 ms on a hop
-        producer_max_request_size=2 * 1024 * 1024,
+        # A dead letter may carry a source message of up to 2 MiB plus its headers (DLQ topics take 2 MiB + 64 KiB).
+        producer_max_request_size=2 * 1024 * 1024 + 64 * 1024,
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=4 * 1024 * 1024,
         # A SIGKILLed worker holds its partitions until its session expires: 10 s, not faust's 60 s.
@@ -142,7 +143,8 @@ class Runtime(Service):
         self.dlq = DeadLetters(settings.service, self._send_with_headers,
                                lambda topic, kind: self.metrics.dead_letters.labels(topic, kind).inc())
         self.outbox = OutboxRelay(self.pool, settings.service, self._send_soon,
-                                  on_published=self.metrics.outbox_published.inc)
+                                  on_published=self.metrics.outbox_published.inc,
+                                  topic_exists=BrokerTopics.from_settings(settings))
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.on_partitions_revoked.connect(self._on_revoked)
         super().__init__(**kwargs)
