@@ -136,6 +136,13 @@ async def test_a_recipient_refused_with_550_fails_with_the_reply_and_is_retried_
         assert metric(worker, "orderflow_mail_failed_total") == 1
         assert box.messages(to=bounced) == []
 
+        # visible over notify's HTTP API (bearer token) ...
+        assert httpx.get(f"{worker.url}/mails", params={"shop": shop}, timeout=5).status_code == 401
+        with worker.client() as api:
+            [shown] = api.get("/mails", params={"shop": shop, "state": "failed"}).json()["mails"]
+            assert (shown["ref"], shown["kind"], shown["last_error"]) == (ref, "confirmation", row["last_error"])
+            assert api.get("/mails", params={"state": "lost"}).status_code == 400
+        # ... and on the command line
         listed = orderflow_cli(database_url, "mail", "list", "--failed", "--shop", shop)
         assert listed.returncode == 0, listed.stderr
         assert ref in listed.stdout and "550 5.1.1" in listed.stdout and "1 mail(s)" in listed.stdout
