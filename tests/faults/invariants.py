@@ -4,8 +4,12 @@ Reusable by any test that drives a `Scenario` (orderflow/sim) through the real s
 
     observed = await observe(database_url, scenario.namespace, mailsink.messages())
     problems = check(scenario, observed)                      # [] when every invariant holds
-    problems += check_outputs(scenario, observed, await read_namespace(bootstrap, scenario.namespace))
-    problems += check_dead_letters(bad, await read_dead_letters(bootstrap, bad), consumers)
+    mine = lambda r: (r.key or b"").startswith(f"{scenario.namespace}-".encode())
+    problems += check_outputs(scenario, observed, await read_topics(bootstrap, OUTPUT_TOPICS, keep=mine), bad)
+    problems += check_dead_letters(bad, await read_topics(bootstrap, DLQ_TOPICS, keep=mine), consumers)
+    problems += await check_every_input_handled(bootstrap, database_url, scenario.namespace, bad, targets)
+
+(`tests/faults/harness.py` `settle` does exactly this once the system is at rest.)
 
 What is checked against the scenario's oracle (`Scenario.expected`):
 - stock: exact per SKU (except `order_sensitive_skus`), never negative;
@@ -19,7 +23,10 @@ What is checked against the scenario's oracle (`Scenario.expected`):
   window no client can close); every mail row sent, none failed;
 - abandoned checkouts: exactly the expected carts, once each (cart.checkouts and the checkout.abandoned topic);
 - output topics: one order.status event id per history row, one inventory.deductions event per ledger kind;
-- dead letters: every bad message lands on `<topic>.dlq`, once per consuming service, bytes untouched, with headers.
+- dead letters: every bad message lands on `<topic>.dlq`, once per consuming service, bytes untouched, with headers;
+- nothing skipped: every record of the namespace on every topic a service consumes lies below the consumer position
+  its group stored in PostgreSQL (`<service>.consumer_positions`), and where a handler still records event ids,
+  each valid event is in its processed_events.
 
 One ordering the oracle cannot know: a customer's cancel and a payment confirmation travel on different topics, so
 after a fault the orders service may see the cancel first. The order is then canceled before it was paid (gateway:
@@ -32,9 +39,9 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -485,48 +492,83 @@ def check_outputs(scenario: Scenario, observed: Observed, records: Sequence[Reco
 # --- dead letters -------------------------------------------------------------------------------------------
 
 
-RECORDED_INPUTS: dict[str, tuple[str, ...]] = {
-    "orders": (topics.ORDER_PLACED.name, topics.PAYMENT_CONFIRMED.name, topics.ORDER_CANCEL_REQUESTED.name,
-               topics.SHOP_SETTINGS.name, topics.INVENTORY_DEDUCTIONS.name),
+EVENT_ID_DEDUPED: dict[str, tuple[str, ...]] = {
     "cart": (topics.CHECKOUT_STARTED.name, topics.ORDER_PLACED.name, topics.ORDER_STATUS.name),
+    "orders": (topics.ORDER_CANCEL_REQUESTED.name,),
     "inventory": (topics.STOCK_ADJUSTED.name,),
-    "notify": (topics.ORDER_STATUS.name, topics.INVENTORY_DEDUCTIONS.name, topics.CHECKOUT_ABANDONED.name,
-               topics.ORDER_MESSAGE.name, topics.SHOP_SETTINGS.name),
 }
-"""The input topics each service keys in its `processed_events` (event_id, topic), for every valid event
-(cart: order.status only when the order came from a cart)."""
+"""The few (service, topic) pairs whose handler still records each valid event in `processed_events` (topic,
+event_id), because a producer may resend one fact at a new offset (cart: order.status only when the order came from
+a cart). Everything else is deduplicated by consumer position alone."""
 
 
-async def check_every_input_handled(bootstrap: str, database_url: str, namespace: str,
-                                    bad: Sequence[BadMessage]) -> list[str]:
-    """Every valid event of the namespace on a service's recorded input topics is in its processed_events: an
-    offset committed past an event never handled (as faust's seek race once did) shows up here, by topic."""
-    names = sorted({name for names in RECORDED_INPUTS.values() for name in names})
+class Consumed(Protocol):
+    """What a service consumes through the runtime: its consumer group (= the worker's app id, the `consumer`
+    column of `<service>.consumer_positions`) and its input topics; `orderflow.ops.replay.target_for` builds one."""
+
+    group_id: str
+    topics: tuple[str, ...]
+
+
+async def check_every_input_handled(bootstrap: str, database_url: str, namespace: str, bad: Sequence[BadMessage],
+                                    consumed: Mapping[str, Consumed]) -> list[str]:
+    """No record of the namespace was skipped by any service, proved on consumer positions.
+
+    `consumed`: service -> its group and input topics (a `ReplayTarget` has both). For every service and every topic
+    it consumes, every record of the namespace (key prefix) must lie below the `next_offset` that service's group
+    stored for the record's partition in `<service>.consumer_positions`: the position moves only in the transaction
+    that applied (or dead-lettered) every record before it, so a record at or beyond it was never handled. Records
+    that break the contract are checked the same way (their position moves past them once they are in the DLQ; that
+    they are in it is `check_dead_letters`). Then, where a handler still records event ids (`EVENT_ID_DEDUPED`),
+    every valid event must be in that service's processed_events under its topic: the handler itself saw it.
+    """
     prefix = f"{namespace}-".encode()
-    injected = {(b.topic, b.value) for b in bad}
+    names = sorted({t for c in consumed.values() for t in c.topics})
+    injected = {(b.topic, b.key, b.value) for b in bad}
     records = await read_topics(bootstrap, names, keep=lambda r: (r.key or b"").startswith(prefix))
-    ids: dict[str, set[uuid.UUID]] = defaultdict(set)
+    by_topic: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        if (r.topic, r.value) in injected:
-            continue
-        event = decode(topics.spec_for(r.topic).model, r.value)
-        if r.topic == topics.ORDER_STATUS.name and not event.cart_id:
-            ids["order.status without cart"].add(event.event_id)
-        ids[r.topic].add(event.event_id)
-    problems = []
-    conn = await asyncpg.connect(database_url)
+        by_topic[r.topic].append(r)
+    problems: list[str] = []
+    conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        for service, inputs in RECORDED_INPUTS.items():
+        for service, c in sorted(consumed.items()):
+            rows = await conn.fetch(f'SELECT topic, partition, next_offset FROM "{service}".consumer_positions '
+                                    "WHERE consumer = $1", c.group_id)
+            positions = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            for topic in c.topics:
+                beyond = [r for r in by_topic.get(topic, ())
+                          if r.offset >= positions.get((topic, r.partition), 0)]
+                if not beyond:
+                    continue
+                bad_ones = [r for r in beyond if (r.topic, r.key, r.value) in injected]
+                where = sorted({(r.partition, positions.get((topic, r.partition))) for r in beyond})[:4]
+                problems.append(
+                    f"{service} ({c.group_id}) never handled {len(beyond)} of {len(by_topic[topic])} {topic} records "
+                    f"of the namespace ({len(bad_ones)} of them contract breakers): at or beyond its stored "
+                    f"position; (partition, next_offset) e.g. {where}, offsets e.g. "
+                    f"{[(r.partition, r.offset) for r in beyond[:4]]}")
+        for service, inputs in EVENT_ID_DEDUPED.items():
+            if service not in consumed:
+                continue
             for topic in inputs:
-                wanted = ids[topic] - (ids["order.status without cart"] if service == "cart" else set())
+                wanted: set[uuid.UUID] = set()
+                for r in by_topic.get(topic, ()):
+                    if (r.topic, r.key, r.value) in injected:
+                        continue
+                    event = decode(topics.spec_for(r.topic).model, r.value)
+                    if service == "cart" and topic == topics.ORDER_STATUS.name and not event.cart_id:
+                        continue
+                    wanted.add(event.event_id)
                 if not wanted:
                     continue
                 seen = {r["event_id"] for r in await conn.fetch(
-                    f"SELECT event_id FROM {service}.processed_events WHERE topic = $1 AND event_id = ANY($2::uuid[])",
-                    topic, list(wanted))}
+                    f'SELECT event_id FROM "{service}".processed_events WHERE topic = $1 '
+                    "AND event_id = ANY($2::uuid[])", topic, list(wanted))}
                 if missing := wanted - seen:
-                    problems.append(f"{service} never handled {len(missing)} of {len(wanted)} {topic} events "
-                                    f"(its offsets went past them), e.g. {sorted(map(str, missing))[:3]}")
+                    problems.append(f"{service} has no processed_events row for {len(missing)} of {len(wanted)} "
+                                    f"{topic} events (its handler never saw them), e.g. "
+                                    f"{sorted(map(str, missing))[:3]}")
     finally:
         await conn.close()
     return problems
