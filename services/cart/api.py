@@ -23,7 +23,13 @@ def cart_view_handler(pool: Callable[[], Awaitable[asyncpg.Pool]], out_of_stock_
     async def get_cart(request: web.Request) -> web.Response:
         cart_id = request.match_info["cart_id"]
         db = await pool()
-        cart = await repository.load_cart(db, cart_id)
+        shop_id = request.query.get("shop_id")
+        if not shop_id:
+            shops = await repository.shops_with_cart(db, cart_id)
+            if len(shops) > 1:
+                raise ApiError(409, f"cart {cart_id!r} exists in several shops: name one with ?shop_id=")
+            shop_id = shops[0] if shops else ""
+        cart = await repository.load_cart(db, shop_id, cart_id)
         if cart is None:
             raise ApiError(404, f"no cart {cart_id!r}")
         body = {"cart_id": cart["cart_id"], "shop_id": cart["shop_id"], "status": cart["status"],

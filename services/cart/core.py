@@ -70,6 +70,9 @@ class CheckoutState(StrEnum):
 
 COMMITTED_STATUSES = frozenset({"pending", "processed", "delivered"})
 
+CartKey = tuple[str, str]
+"""(shop_id, cart_id): cart ids are unique within a shop only."""
+
 
 @dataclass(frozen=True)
 class Checkout:
@@ -85,6 +88,10 @@ class Checkout:
     due_at: datetime | None = None
     order_id: str | None = None
     order_at: datetime | None = None
+
+    @property
+    def key(self) -> CartKey:
+        return (self.shop_id, self.cart_id)
 
 
 @dataclass(frozen=True)
@@ -181,10 +188,11 @@ def recovery_url(public_store_url: str, cart_id: str) -> str:
 
 
 def abandoned_event(c: Checkout, public_store_url: str, occurred_at: datetime) -> CheckoutAbandoned:
-    """The one checkout.abandoned of this checkout; its id is derived from the checkout (and the unpaid order),
-    so a re-send after a crash dedupes downstream."""
+    """The one checkout.abandoned of this checkout; its id is derived from the shop, the checkout (and the unpaid
+    order), so a re-send after a crash dedupes downstream."""
     return CheckoutAbandoned(
-        event_id=derived_event_id("checkout.abandoned", c.cart_id, c.started_event_id or "-", c.order_id or "-"),
+        event_id=derived_event_id("checkout.abandoned", c.shop_id, c.cart_id, c.started_event_id or "-",
+                                  c.order_id or "-"),
         occurred_at=occurred_at,
         shop_id=c.shop_id,
         cart_id=c.cart_id,

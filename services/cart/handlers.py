@@ -84,15 +84,16 @@ async def _watch(uow: UnitOfWork, facts: list[tuple[Any, Any]], decide: Decide) 
             fresh.append(fact)
     if not fresh:
         return
-    current = await repository.lock_checkouts(uow.conn, [f.cart_id for f in fresh])
+    current = await repository.lock_checkouts(uow.conn, [(f.shop_id, f.cart_id) for f in fresh])
     after = await repository.abandon_after_by_shop(uow.conn, [f.shop_id for f in fresh])
     default = getattr(uow.context, "default_abandon_after", timedelta(hours=1))
-    changed: dict[str, core.Checkout] = {}
+    changed: dict[core.CartKey, core.Checkout] = {}
     for f in fresh:
+        key = (f.shop_id, f.cart_id)
         seconds = after.get(f.shop_id)
-        decided = decide(current.get(f.cart_id), f, timedelta(seconds=seconds) if seconds else default)
+        decided = decide(current.get(key), f, timedelta(seconds=seconds) if seconds else default)
         if decided is not None:
-            current[f.cart_id] = changed[f.cart_id] = decided
+            current[key] = changed[key] = decided
     await repository.save_checkouts(uow.conn, changed.values())
 
 

@@ -1,4 +1,8 @@
-"""SQL of the cart service (schema "cart"; the pool's search_path points there)."""
+"""SQL of the cart service (schema "cart"; the pool's search_path points there).
+
+Carts and checkout watches are keyed by (shop_id, cart_id): two shops may use the same cart id (DESIGN.md, "Shops
+are tenants"), and nothing here reads or writes a cart by its id alone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from services.cart.core import Checkout, CheckoutState
+from services.cart.core import CartKey, Checkout, CheckoutState
 
 # --- carts ---------------------------------------------------------------------------------------------------
 
@@ -22,8 +26,8 @@ async def save_snapshots(conn: asyncpg.Connection, snapshots: Sequence[tuple[str
         """
         INSERT INTO carts (cart_id, shop_id, customer, items, status, order_id, updated_at)
         VALUES ($1, $2, $3::jsonb, $4::jsonb, 'open', NULL, $5)
-        ON CONFLICT (cart_id) DO UPDATE
-           SET shop_id = EXCLUDED.shop_id, customer = EXCLUDED.customer, items = EXCLUDED.items,
+        ON CONFLICT (shop_id, cart_id) DO UPDATE
+           SET customer = EXCLUDED.customer, items = EXCLUDED.items,
                status = 'open', order_id = NULL, updated_at = EXCLUDED.updated_at, written_at = now()
          WHERE carts.updated_at < EXCLUDED.updated_at
         """,
@@ -37,7 +41,7 @@ async def mark_ordered(conn: asyncpg.Connection, orders: Sequence[tuple[str, str
     await conn.executemany(
         """
         INSERT INTO carts (cart_id, shop_id, status, order_id, updated_at) VALUES ($1, $2, 'ordered', $3, $4)
-        ON CONFLICT (cart_id) DO UPDATE
+        ON CONFLICT (shop_id, cart_id) DO UPDATE
            SET status = 'ordered', order_id = EXCLUDED.order_id, updated_at = EXCLUDED.updated_at, written_at = now()
          WHERE carts.updated_at <= EXCLUDED.updated_at
            AND (carts.status, carts.order_id) IS DISTINCT FROM ('ordered', EXCLUDED.order_id)
@@ -46,10 +50,18 @@ async def mark_ordered(conn: asyncpg.Connection, orders: Sequence[tuple[str, str
     )
 
 
-async def load_cart(conn: asyncpg.Connection | asyncpg.Pool, cart_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow("SELECT * FROM carts WHERE cart_id = $1", cart_id)
-    if row is None:
-        return None
+async def load_cart(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, cart_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM carts WHERE shop_id = $1 AND cart_id = $2", shop_id, cart_id)
+    return _cart(row) if row else None
+
+
+async def shops_with_cart(conn: asyncpg.Connection | asyncpg.Pool, cart_id: str, limit: int = 20) -> list[str]:
+    """The shops that have a cart with this id (the operator's look-up; a storefront names its shop)."""
+    rows = await conn.fetch("SELECT shop_id FROM carts WHERE cart_id = $1 ORDER BY shop_id LIMIT $2", cart_id, limit)
+    return [r["shop_id"] for r in rows]
+
+
+def _cart(row: asyncpg.Record) -> dict[str, Any]:
     cart = dict(row)
     cart["customer"] = json.loads(cart["customer"])
     cart["items"] = json.loads(cart["items"])
@@ -114,16 +126,20 @@ def _checkout(row: asyncpg.Record) -> Checkout:
     )
 
 
-async def lock_checkouts(conn: asyncpg.Connection, cart_ids: Iterable[str]) -> dict[str, Checkout]:
-    """Lock the carts' watches for this transaction (rows that do not exist yet too, by advisory lock) and load them.
+async def lock_checkouts(conn: asyncpg.Connection, keys: Iterable[CartKey]) -> dict[CartKey, Checkout]:
+    """Lock the carts' watches for this transaction (rows that do not exist yet too, by advisory lock on
+    `cart-checkout/<shop>/<cart>`; a shop id has no slash) and load them; keys are (shop_id, cart_id).
 
     The row lock makes a handler wait for a scanner that is abandoning the same row, then see its result.
     """
-    ids = sorted(set(cart_ids))
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cart-checkout/' || id, 0)) "
-                       "FROM unnest($1::text[]) AS id ORDER BY id", ids)
-    rows = await conn.fetch("SELECT * FROM checkouts WHERE cart_id = ANY($1::text[]) ORDER BY cart_id FOR UPDATE", ids)
-    return {r["cart_id"]: _checkout(r) for r in rows}
+    ordered = sorted(set(keys))
+    shops, ids = [k[0] for k in ordered], [k[1] for k in ordered]
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cart-checkout/' || s || '/' || id, 0)) "
+                       "FROM unnest($1::text[], $2::text[]) AS k(s, id) ORDER BY s, id", shops, ids)
+    rows = await conn.fetch(
+        "SELECT c.* FROM checkouts c JOIN unnest($1::text[], $2::text[]) AS k(s, id) "
+        "ON c.shop_id = k.s AND c.cart_id = k.id ORDER BY c.shop_id, c.cart_id FOR UPDATE OF c", shops, ids)
+    return {(r["shop_id"], r["cart_id"]): _checkout(r) for r in rows}
 
 
 async def save_checkouts(conn: asyncpg.Connection, checkouts: Iterable[Checkout]) -> None:
@@ -132,8 +148,8 @@ async def save_checkouts(conn: asyncpg.Connection, checkouts: Iterable[Checkout]
         INSERT INTO checkouts (cart_id, shop_id, state, customer, items, started_event_id, started_at, due_at,
                                order_id, order_at)
         VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10)
-        ON CONFLICT (cart_id) DO UPDATE
-           SET shop_id = EXCLUDED.shop_id, state = EXCLUDED.state, customer = EXCLUDED.customer,
+        ON CONFLICT (shop_id, cart_id) DO UPDATE
+           SET state = EXCLUDED.state, customer = EXCLUDED.customer,
                items = EXCLUDED.items, started_event_id = EXCLUDED.started_event_id,
                started_at = EXCLUDED.started_at, due_at = EXCLUDED.due_at, order_id = EXCLUDED.order_id,
                order_at = EXCLUDED.order_at, updated_at = now()
@@ -152,8 +168,8 @@ async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500) -> lis
     rows = await conn.fetch(
         """
         UPDATE checkouts SET state = 'abandoned', abandoned_at = now(), updated_at = now()
-         WHERE cart_id IN (SELECT cart_id FROM checkouts WHERE state = 'open' AND due_at <= now()
-                            ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         WHERE (shop_id, cart_id) IN (SELECT shop_id, cart_id FROM checkouts WHERE state = 'open' AND due_at <= now()
+                                      ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
            AND state = 'open'
         RETURNING *
         """,
@@ -162,7 +178,7 @@ async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500) -> lis
     return [_checkout(r) for r in rows]
 
 
-async def park_checkout(conn: asyncpg.Connection, cart_id: str, reason: str) -> None:
+async def park_checkout(conn: asyncpg.Connection, shop_id: str, cart_id: str, reason: str) -> None:
     """A claimed checkout whose event could not be built: kept, with the reason, for an operator to look at."""
-    await conn.execute("UPDATE checkouts SET parked_reason = $2, updated_at = now() WHERE cart_id = $1",
-                       cart_id, reason[:1000])
+    await conn.execute("UPDATE checkouts SET parked_reason = $3, updated_at = now() "
+                       "WHERE shop_id = $1 AND cart_id = $2", shop_id, cart_id, reason[:1000])

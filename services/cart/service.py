@@ -3,7 +3,7 @@
 Inputs: cart.updated, checkout.started, order.placed, order.status, inventory.levels, shop.settings.
 Output: checkout.abandoned, through the outbox.
 
-State lives twice. A faust table keyed by cart_id (RocksDB in workers, changelogged, partitioned like
+State lives twice. A faust table keyed by shop_id/cart_id (RocksDB in workers, changelogged, partitioned like
 cart.updated) holds each cart's newest snapshot in memory; PostgreSQL holds the durable copy that any worker can
 serve and that survives losing the broker's changelog. Checkout watches live only in PostgreSQL (see
 `build`'s note on the windowed table).
@@ -84,10 +84,11 @@ def build(settings: Settings) -> Runtime:
                 cart = decode(CartUpdated, value)
             except ContractError:
                 continue  # the PostgreSQL handler dead-letters it
-            kept = carts_table.get(cart.cart_id)
+            key = f"{cart.shop_id}/{cart.cart_id}"  # cart ids are unique within a shop only
+            kept = carts_table.get(key)
             if kept is None or datetime.fromisoformat(kept["occurred_at"]) < cart.occurred_at:
-                await write_table(partial(carts_table.__setitem__, cart.cart_id, cart.model_dump(mode="json")),
-                                  f"cart {cart.cart_id} (carts table)")
+                await write_table(partial(carts_table.__setitem__, key, cart.model_dump(mode="json")),
+                                  f"cart {key} (carts table)")
 
     @rt.app.agent(rt.topic(topics.CHECKOUT_STARTED), name="cart.checkouts-window")
     async def count_checkouts(stream: faust.StreamT) -> None:
@@ -96,9 +97,9 @@ def build(settings: Settings) -> Runtime:
                 started = decode(CheckoutStarted, value)
             except ContractError:
                 continue
-            await write_table(partial(add_one, checkouts_in_window, started.cart_id),
-                              f"checkout of cart {started.cart_id} (checkouts window)")
-            if checkouts_in_window[started.cart_id].current() > 1:
+            key = f"{started.shop_id}/{started.cart_id}"
+            await write_table(partial(add_one, checkouts_in_window, key), f"checkout of cart {key} (checkouts window)")
+            if checkouts_in_window[key].current() > 1:
                 metrics.repeat_checkouts.inc()
 
     # --- PostgreSQL: the durable cart, stock, settings and checkout watches -----------------------------------
@@ -121,7 +122,7 @@ def build(settings: Settings) -> Runtime:
             try:
                 uow.emit([core.abandoned_event(checkout, settings.public_store_url, at)])
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the scanner: parked, counted
-                await repository.park_checkout(uow.conn, checkout.cart_id, describe(exc))
+                await repository.park_checkout(uow.conn, checkout.shop_id, checkout.cart_id, describe(exc))
                 uow.after_commit(metrics.parked.inc)
                 log.error("checkout of cart %s parked: %s", checkout.cart_id, describe(exc))
         return claimed
@@ -137,7 +138,7 @@ def build(settings: Settings) -> Runtime:
             claimed = await rt.run_unit(abandon_due, topic="abandon-scanner")
             if claimed:
                 metrics.abandoned.inc(len(claimed))
-                log.info("abandoned checkouts: %s", ", ".join(c.cart_id for c in claimed))
+                log.info("abandoned checkouts: %s", ", ".join(f"{c.shop_id}/{c.cart_id}" for c in claimed))
             if time.monotonic() >= next_count:
                 metrics.open_carts.set(await repository.count_carts(await rt.pool()))
                 next_count = time.monotonic() + 10.0

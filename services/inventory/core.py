@@ -22,6 +22,9 @@ from contracts import DeductionKind, OrderStatus, OrderStatusChanged, StockAdjus
 StockKey = tuple[str, str]
 """(shop_id, sku)."""
 
+OrderKey = tuple[str, str]
+"""(shop_id, order_id): order ids are unique within a shop only."""
+
 COMMITTING = frozenset({OrderStatus.PENDING, OrderStatus.PROCESSED, OrderStatus.DELIVERED})
 
 
@@ -45,11 +48,19 @@ class CommitOrder:
     lines: tuple[tuple[str, int], ...]
     """(sku, quantity asked), one per SKU, in the order's item order."""
 
+    @property
+    def key(self) -> OrderKey:
+        return (self.shop_id, self.order_id)
+
 
 @dataclass(frozen=True)
 class CancelOrder:
     order_id: str
     shop_id: str
+
+    @property
+    def key(self) -> OrderKey:
+        return (self.shop_id, self.order_id)
 
 
 @dataclass(frozen=True)
@@ -97,23 +108,27 @@ class Move:
     def shortfall(self) -> bool:
         return self.moved < self.asked
 
+    @property
+    def order_key(self) -> OrderKey:
+        return (self.shop_id, self.order_id)
+
 
 @dataclass
 class Book:
     """The slice of state a batch needs. `levels` holds only SKUs that exist; a missing key is unknown."""
 
     levels: dict[StockKey, int] = field(default_factory=dict)
-    orders: dict[str, OrderState] = field(default_factory=dict)
-    deducted: dict[str, dict[str, int]] = field(default_factory=dict)
-    """order_id -> sku -> units moved, for orders in state DEDUCTED (what a cancel gives back)."""
+    orders: dict[OrderKey, OrderState] = field(default_factory=dict)
+    deducted: dict[OrderKey, dict[str, int]] = field(default_factory=dict)
+    """(shop_id, order_id) -> sku -> units moved, for orders in state DEDUCTED (what a cancel gives back)."""
 
 
 @dataclass
 class Outcome:
     levels: dict[StockKey, int] = field(default_factory=dict)
     """Final level of every SKU whose level changed or that was created in this batch."""
-    orders: dict[str, OrderState] = field(default_factory=dict)
-    """New state of every order whose state changed."""
+    orders: dict[OrderKey, OrderState] = field(default_factory=dict)
+    """New state of every order (by shop and id) whose state changed."""
     moves: list[Move] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
     """Index of the command -> reason, for commands that cannot be applied (unknown SKU)."""
@@ -121,10 +136,10 @@ class Outcome:
 
     def deductions(self) -> list[tuple[str, str, DeductionKind, list[Move]]]:
         """(order_id, shop_id, kind, lines), one per order and kind, in the order they happened."""
-        grouped: dict[tuple[str, DeductionKind], list[Move]] = {}
+        grouped: dict[tuple[str, str, DeductionKind], list[Move]] = {}
         for move in self.moves:
-            grouped.setdefault((move.order_id, move.kind), []).append(move)
-        return [(order_id, lines[0].shop_id, kind, lines) for (order_id, kind), lines in grouped.items()]
+            grouped.setdefault((move.shop_id, move.order_id, move.kind), []).append(move)
+        return [(order_id, shop_id, kind, lines) for (shop_id, order_id, kind), lines in grouped.items()]
 
 
 def apply(book: Book, commands: Sequence[Command | None]) -> Outcome:
@@ -146,7 +161,7 @@ def apply(book: Book, commands: Sequence[Command | None]) -> Outcome:
 
 
 def _commit(book: Book, cmd: CommitOrder, out: Outcome) -> str | None:
-    if book.orders.get(cmd.order_id, OrderState.OPEN) in FINAL_FOR_COMMIT:
+    if book.orders.get(cmd.key, OrderState.OPEN) in FINAL_FOR_COMMIT:
         return None  # already deducted, returned or closed: the seed's rule 4
     unknown = [sku for sku, _ in cmd.lines if (cmd.shop_id, sku) not in book.levels]
     if unknown:
@@ -158,23 +173,23 @@ def _commit(book: Book, cmd: CommitOrder, out: Outcome) -> str | None:
         book.levels[key] -= moved
         moved_by_sku[sku] = moved
         out.moves.append(Move(cmd.order_id, DeductionKind.DEDUCTED, cmd.shop_id, sku, asked, moved))
-    book.orders[cmd.order_id] = out.orders[cmd.order_id] = OrderState.DEDUCTED
-    book.deducted[cmd.order_id] = moved_by_sku
+    book.orders[cmd.key] = out.orders[cmd.key] = OrderState.DEDUCTED
+    book.deducted[cmd.key] = moved_by_sku
     return None
 
 
 def _cancel(book: Book, cmd: CancelOrder, out: Outcome) -> None:
-    state = book.orders.get(cmd.order_id, OrderState.OPEN)
+    state = book.orders.get(cmd.key, OrderState.OPEN)
     if state is OrderState.OPEN:
-        book.orders[cmd.order_id] = out.orders[cmd.order_id] = OrderState.CLOSED
+        book.orders[cmd.key] = out.orders[cmd.key] = OrderState.CLOSED
         return
     if state is not OrderState.DEDUCTED:
         return
-    for sku, moved in book.deducted.pop(cmd.order_id, {}).items():
+    for sku, moved in book.deducted.pop(cmd.key, {}).items():
         key = (cmd.shop_id, sku)
         book.levels[key] = book.levels.get(key, 0) + moved
         out.moves.append(Move(cmd.order_id, DeductionKind.RETURNED, cmd.shop_id, sku, moved, moved))
-    book.orders[cmd.order_id] = out.orders[cmd.order_id] = OrderState.RETURNED
+    book.orders[cmd.key] = out.orders[cmd.key] = OrderState.RETURNED
 
 
 def _adjust(book: Book, cmd: AdjustStock) -> None:

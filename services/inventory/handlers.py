@@ -72,16 +72,16 @@ def level_event(row: repo.LevelRow) -> InventoryLevel:
 
 def deduction_event(order_id: str, shop_id: str, kind: DeductionKind, lines: list[core.Move]) -> InventoryDeduction:
     return InventoryDeduction.model_construct(
-        event_id=derived_event_id("inventory.deductions", order_id, kind.value), occurred_at=now(),
+        event_id=derived_event_id("inventory.deductions", shop_id, order_id, kind.value), occurred_at=now(),
         shop_id=shop_id, order_id=order_id, kind=kind,
         lines=[DeductionLine.model_construct(sku=m.sku, asked=m.asked, moved=m.moved) for m in lines],
     )
 
 
-async def _write(uow: UnitOfWork, outcome: core.Outcome, shops: dict[str, str]) -> None:
+async def _write(uow: UnitOfWork, outcome: core.Outcome) -> None:
     rows = await repo.write_levels(uow.conn, outcome.levels)
     await repo.insert_moves(uow.conn, outcome.moves)
-    await repo.save_order_states(uow.conn, outcome.orders, shops)
+    await repo.save_order_states(uow.conn, outcome.orders)
     uow.emit([*(deduction_event(*d) for d in outcome.deductions()), *(level_event(r) for r in rows)])
     metrics = getattr(uow.context, "metrics", None)
     if metrics is not None:
@@ -91,13 +91,13 @@ async def _write(uow: UnitOfWork, outcome: core.Outcome, shops: dict[str, str]) 
 async def order_status(uow: UnitOfWork, events: list[OrderStatusChanged]) -> None:
     """Deduct a committed order's stock once, return a canceled one's once; refuse unknown SKUs (DLQ)."""
     commands = [core.command_for_status(e) for e in events]
-    orders = {c.order_id: c.shop_id for c in commands if c is not None}
+    orders = {c.key for c in commands if c is not None}  # (shop_id, order_id): one shop's 1001 is not another's
     if not orders:
         return
     stock_keys = {(c.shop_id, sku) for c in commands if isinstance(c, core.CommitOrder) for sku, _ in c.lines}
     book = await repo.load_book(uow.conn, orders, stock_keys)
     outcome = core.apply(book, commands)
-    await _write(uow, outcome, orders)
+    await _write(uow, outcome)
     for index, reason in outcome.rejected.items():
         uow.reject(events[index], reason)
 
@@ -111,4 +111,4 @@ async def stock_adjusted(uow: UnitOfWork, events: list[StockAdjusted]) -> None:
     created = await repo.create_missing_stock(uow.conn, keys)
     levels = await repo.lock_levels(uow.conn, keys)
     book = core.Book(levels={k: v for k, v in levels.items() if k not in created})
-    await _write(uow, core.apply(book, commands), {})
+    await _write(uow, core.apply(book, commands))

@@ -4,6 +4,8 @@ Every function takes a connection inside the caller's transaction. Stock rows, s
 locked in a stable (shop_id, sku) order so concurrent batches wait for each other instead of deadlocking. Orders
 are not locked: one order's events live on one partition, so only a rebalance can make two workers apply the same
 event at once, and the ledger's primary key catches that (`insert_moves`).
+
+Orders are keyed by (shop_id, order_id) in every table and look-up: two shops' order 1001 are two orders.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 import asyncpg
 
 from orderflow.runtime import failures
-from services.inventory.core import Book, Move, OrderState, StockKey
+from services.inventory.core import Book, Move, OrderKey, OrderState, StockKey
 
 
 @dataclass(frozen=True)
@@ -32,24 +34,27 @@ def _columns(keys: Iterable[StockKey]) -> tuple[list[str], list[str]]:
     return [k[0] for k in ordered], [k[1] for k in ordered]
 
 
-async def order_states(conn: asyncpg.Connection, order_ids: Iterable[str]) -> dict[str, OrderState]:
-    """States of the orders among `order_ids` the inventory has seen; read without locking (see `insert_moves`)."""
-    rows = await conn.fetch("SELECT order_id, state FROM order_stock WHERE order_id = ANY($1::text[])",
-                            list(order_ids))
-    return {r["order_id"]: OrderState(r["state"]) for r in rows}
-
-
-async def deducted_lines(conn: asyncpg.Connection, order_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """What each of these orders had deducted, per SKU (what a cancel gives back)."""
-    if not order_ids:
-        return {}
+async def order_states(conn: asyncpg.Connection, orders: Iterable[OrderKey]) -> dict[OrderKey, OrderState]:
+    """States of these (shop, order) the inventory has seen; read without locking (see `insert_moves`)."""
+    shops, ids = _columns(orders)
     rows = await conn.fetch(
-        "SELECT order_id, sku, moved FROM stock_moves WHERE kind = 'deducted' AND order_id = ANY($1::text[])",
-        list(order_ids),
-    )
-    lines: dict[str, dict[str, int]] = {}
+        "SELECT o.shop_id, o.order_id, o.state FROM order_stock o "
+        "JOIN unnest($1::text[], $2::text[]) AS k(s, id) ON o.shop_id = k.s AND o.order_id = k.id", shops, ids)
+    return {(r["shop_id"], r["order_id"]): OrderState(r["state"]) for r in rows}
+
+
+async def deducted_lines(conn: asyncpg.Connection, orders: Sequence[OrderKey]) -> dict[OrderKey, dict[str, int]]:
+    """What each of these orders had deducted, per SKU (what a cancel gives back)."""
+    if not orders:
+        return {}
+    shops, ids = _columns(orders)
+    rows = await conn.fetch(
+        "SELECT m.shop_id, m.order_id, m.sku, m.moved FROM stock_moves m "
+        "JOIN unnest($1::text[], $2::text[]) AS k(s, id) ON m.shop_id = k.s AND m.order_id = k.id "
+        "WHERE m.kind = 'deducted'", shops, ids)
+    lines: dict[OrderKey, dict[str, int]] = {}
     for r in rows:
-        lines.setdefault(r["order_id"], {})[r["sku"]] = r["moved"]
+        lines.setdefault((r["shop_id"], r["order_id"]), {})[r["sku"]] = r["moved"]
     return lines
 
 
@@ -103,7 +108,7 @@ class LostRace(failures.LostRace):
 
 
 async def insert_moves(conn: asyncpg.Connection, moves: Sequence[Move]) -> None:
-    """Write the ledger lines; the primary key (order_id, kind, sku) is what makes a deduction happen once.
+    """Write the ledger lines; the primary key (shop_id, order_id, kind, sku) makes a deduction happen once.
 
     Order states are read without locks, so two workers replaying the same events during a rebalance may both
     decide the same move: the second insert waits for the first transaction and then finds its row. Raising
@@ -122,24 +127,24 @@ async def insert_moves(conn: asyncpg.Connection, moves: Sequence[Move]) -> None:
         raise LostRace(f"{len(moves) - int(status.split()[-1])} ledger lines already written by another worker")
 
 
-async def save_order_states(conn: asyncpg.Connection, states: dict[str, OrderState], shops: dict[str, str]) -> None:
+async def save_order_states(conn: asyncpg.Connection, states: dict[OrderKey, OrderState]) -> None:
     if not states:
         return
-    ids = sorted(states)
+    keys = sorted(states)
     await conn.execute(
         "INSERT INTO order_stock (order_id, shop_id, state) SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
-        "ON CONFLICT (order_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
-        ids, [shops[i] for i in ids], [states[i].value for i in ids],
+        "ON CONFLICT (shop_id, order_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
+        [k[1] for k in keys], [k[0] for k in keys], [states[k].value for k in keys],
     )
 
 
-async def load_book(conn: asyncpg.Connection, orders: dict[str, str], stock_keys: set[StockKey]) -> Book:
+async def load_book(conn: asyncpg.Connection, orders: Iterable[OrderKey], stock_keys: set[StockKey]) -> Book:
     """Load what a batch of order commands needs: order states, their deducted lines, and the levels (locked)."""
     states = await order_states(conn, orders)
     deducted = await deducted_lines(conn, [o for o, s in states.items() if s is OrderState.DEDUCTED])
     keys = set(stock_keys)
-    for order_id, lines in deducted.items():
-        keys.update((orders[order_id], sku) for sku in lines)
+    for (shop_id, _order_id), lines in deducted.items():
+        keys.update((shop_id, sku) for sku in lines)
     levels = await lock_levels(conn, keys)
     return Book(levels=levels, orders=states, deducted=deducted)
 

@@ -1,6 +1,9 @@
 """The back-office HTTP API (DESIGN.md, "Back office HTTP API"). Every route needs the bearer token.
 
 A refused change is 409 with the reason; repeating a change the order already has is 200 with `"changed": false`.
+
+Order ids are unique within a shop only: a route naming an order is scoped by the shop (`?shop_id=`). Without it,
+the order id is looked up in every shop: found in one, that one; in several, 409 listing the shops.
 """
 
 from __future__ import annotations
@@ -64,16 +67,51 @@ def stock_by_line(order: repo.Order, outcomes: dict[str, list[dict[str, Any]]]) 
 
 
 async def order_view(conn: asyncpg.Connection | asyncpg.Pool, order: repo.Order) -> dict[str, Any]:
-    stock = stock_by_line(order, await repo.stock_outcomes(conn, order.order_id))
+    shop_id, order_id = order.key
+    stock = stock_by_line(order, await repo.stock_outcomes(conn, shop_id, order_id))
     return {
         **order.summary(),
-        "history": await repo.history(conn, order.order_id),
+        "history": await repo.history(conn, shop_id, order_id),
         "stock": stock,
-        "payments": await repo.payments(conn, order.order_id),
-        "cancel_requests": await repo.cancel_requests(conn, order.order_id),
+        "payments": await repo.payments(conn, shop_id, order_id),
+        "cancel_requests": await repo.cancel_requests(conn, shop_id, order_id),
         "flags": {"payment_mismatch": order.payment_mismatch,
                   "stock_shortfall": any((line["shortfall"] or 0) > 0 for line in stock)},
     }
+
+
+class Ambiguous(ApiError):
+    """An order id several shops use, asked for without naming the shop."""
+
+    def __init__(self, order_id: str, shops: list[str]) -> None:
+        super().__init__(409, f"order {order_id!r} exists in several shops ({', '.join(shops)}): name one with "
+                              "?shop_id=")
+        self.shops = shops
+
+
+async def find_order(conn: asyncpg.Connection | asyncpg.Pool, order_id: str, shop_id: str | None) -> repo.Order:
+    """The order `order_id` of `shop_id`; without a shop, the one shop that has it. 404 when there is none, 409
+    (`Ambiguous`) when several shops have it."""
+    if shop_id is not None:
+        order = await repo.get_order(conn, shop_id, order_id)
+        if order is None:
+            raise ApiError(404, "no such order")
+        return order
+    found = await repo.find_orders(conn, order_id)
+    if not found:
+        raise ApiError(404, "no such order")
+    if len(found) > 1:
+        raise Ambiguous(order_id, [o.shop_id for o in found])
+    return found[0]
+
+
+def ambiguous_response(exc: Ambiguous) -> web.Response:
+    return json_response({"error": exc.message, "shops": exc.shops}, status=409)
+
+
+def requested_shop(request: web.Request) -> str | None:
+    """The shop a request names (`?shop_id=`), or None for every shop."""
+    return request.query.get("shop_id") or None
 
 
 def add_routes(rt: Runtime, orders: Orders) -> None:
@@ -91,17 +129,22 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
 
     async def get_order(request: web.Request) -> web.Response:
         pool = await rt.pool()
-        order = await repo.get_order(pool, request.match_info["order_id"])
-        if order is None:
-            raise ApiError(404, "no such order")
+        try:
+            order = await find_order(pool, request.match_info["order_id"], requested_shop(request))
+        except Ambiguous as exc:
+            return ambiguous_response(exc)
         return json_response(await order_view(pool, order))
 
     async def change(request: web.Request, decide: Any) -> web.Response:
         """Lock the order, let the core decide, write, in one unit of work; 409 with the reason when refused."""
-        order_id = request.match_info["order_id"]
+        try:
+            shop_id, order_id = (await find_order(await rt.pool(), request.match_info["order_id"],
+                                                  requested_shop(request))).key
+        except Ambiguous as exc:
+            return ambiguous_response(exc)
 
         async def work(uow: UnitOfWork) -> tuple[repo.Order, core.Decision]:
-            order = await repo.lock_order(uow.conn, order_id)
+            order = await repo.lock_order(uow.conn, shop_id, order_id)
             if order is None:
                 raise ApiError(404, "no such order")
             decision: core.Decision = decide(order.state)
@@ -128,18 +171,21 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         body = await read_json(request, MessageBody)
         order_id = request.match_info["order_id"]
         message_id = uuid.uuid4().hex
+        shop_id = requested_shop(request)
 
         async def work(uow: UnitOfWork) -> None:
-            order = await repo.get_order(uow.conn, order_id)
-            if order is None:
-                raise ApiError(404, "no such order")
+            order = await find_order(uow.conn, order_id, shop_id)
             uow.emit([CustomerMessageRequested(
-                event_id=derived_event_id("order.message", order.order_id, message_id), occurred_at=now(),
+                event_id=derived_event_id("order.message", order.shop_id, order.order_id, message_id),
+                occurred_at=now(),
                 shop_id=order.shop_id, order_id=order.order_id, message_id=message_id, text=body.text,
                 customer=order.customer,
             )])
 
-        await rt.run_unit(work, wait_for_dependencies=False)
+        try:
+            await rt.run_unit(work, wait_for_dependencies=False)
+        except Ambiguous as exc:
+            return ambiguous_response(exc)
         return json_response({"message_id": message_id, "order_id": order_id}, status=202)
 
     async def put_shop(request: web.Request) -> web.Response:

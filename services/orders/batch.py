@@ -6,6 +6,9 @@ shop settings, insert, history, outbox, settlement), and those round trips were 
 and shop settings in a handful of statements, the pure core decides event by event in memory, in offset order,
 and `flush` writes every table once. The back office's single-order changes keep using `repository.apply`; both
 build their history rows and order.status events with `repository.changes_of`.
+
+Every order, held payment and held cancel is keyed by (shop_id, order_id): a payment or cancel whose shop has no
+such order is held for that shop's order, never matched to another shop's order with the same id.
 """
 
 from __future__ import annotations
@@ -21,43 +24,55 @@ import asyncpg
 from contracts import OrderCancelRequested, OrderPlaced, OrderStatusChanged, PaymentConfirmed, now
 from orderflow.runtime import outbox
 from services.orders.core import Decision, OrderState, PaymentFacts
-from services.orders.repository import Order, changes_of, insert_history, lock_orders, update_orders, writes_nothing
+from services.orders.repository import (
+    Order,
+    OrderKey,
+    changes_of,
+    insert_history,
+    lock_orders,
+    update_orders,
+    writes_nothing,
+)
 
 
 class OrderBatch:
     """The orders of one batch, locked for its transaction; changed in memory; written back by `flush`."""
 
-    def __init__(self, locked: list[str], orders: dict[str, Order]) -> None:
+    def __init__(self, locked: list[OrderKey], orders: dict[OrderKey, Order]) -> None:
         self.locked = locked
         self.orders = orders
-        self.held_payments: dict[str, list[tuple[str, PaymentFacts]]] = defaultdict(list)
-        self.held_cancels: dict[str, list[tuple[Any, str | None]]] = defaultdict(list)
+        self.held_payments: dict[OrderKey, list[tuple[str, PaymentFacts]]] = defaultdict(list)
+        self.held_cancels: dict[OrderKey, list[tuple[Any, str | None]]] = defaultdict(list)
         self.ignores_incomplete: dict[str, bool] = {}
-        self._inserted: set[str] = set()
-        self._changed: set[str] = set()
+        self._inserted: set[OrderKey] = set()
+        self._changed: set[OrderKey] = set()
         self._history: list[tuple] = []
         self._events: list[OrderStatusChanged] = []
-        self._payment_outcomes: list[tuple[str, str, bool, str]] = []
-        self._cancel_outcomes: list[tuple[Any, str]] = []
+        self._payment_outcomes: list[tuple[str, str, str, bool, str]] = []
+        self._cancel_outcomes: list[tuple[str, Any, str]] = []
 
     @classmethod
-    async def lock(cls, conn: asyncpg.Connection, order_ids: Iterable[str]) -> OrderBatch:
-        """Take every order's lock and load them (`repository.lock_orders`)."""
-        ids = sorted(set(order_ids))
-        return cls(ids, await lock_orders(conn, ids))
+    async def lock(cls, conn: asyncpg.Connection, keys: Iterable[OrderKey]) -> OrderBatch:
+        """Take every order's lock and load them (`repository.lock_orders`); keys are (shop_id, order_id)."""
+        ordered = sorted(set(keys))
+        return cls(ordered, await lock_orders(conn, ordered))
 
-    async def load_held(self, conn: asyncpg.Connection, shop_ids: Iterable[str]) -> None:
-        """What order.placed needs besides the orders: payments and cancels that came first, the shops' setting."""
-        ids = self.locked
+    async def load_held(self, conn: asyncpg.Connection) -> None:
+        """What order.placed needs besides the orders: the payments and cancels that came first for the same shop's
+        order, and the shops' setting."""
+        shops, ids = [k[0] for k in self.locked], [k[1] for k in self.locked]
         for r in await conn.fetch(
-                "SELECT order_id, payment_id, amount_cents, currency FROM payments "
-                "WHERE order_id = ANY($1::text[]) AND outcome IS NULL ORDER BY received_at, payment_id", ids):
-            self.held_payments[r["order_id"]].append((r["payment_id"], PaymentFacts(r["amount_cents"], r["currency"])))
+                "SELECT p.shop_id, p.order_id, p.payment_id, p.amount_cents, p.currency FROM payments p "
+                "JOIN unnest($1::text[], $2::text[]) AS k(s, id) ON p.shop_id = k.s AND p.order_id = k.id "
+                "WHERE p.outcome IS NULL ORDER BY p.received_at, p.payment_id", shops, ids):
+            self.held_payments[r["shop_id"], r["order_id"]].append(
+                (r["payment_id"], PaymentFacts(r["amount_cents"], r["currency"])))
         for r in await conn.fetch(
-                "SELECT order_id, event_id, reason FROM cancel_requests "
-                "WHERE order_id = ANY($1::text[]) AND outcome IS NULL ORDER BY received_at, event_id", ids):
-            self.held_cancels[r["order_id"]].append((r["event_id"], r["reason"]))
-        shops = list(set(shop_ids))
+                "SELECT c.shop_id, c.order_id, c.event_id, c.reason FROM cancel_requests c "
+                "JOIN unnest($1::text[], $2::text[]) AS k(s, id) ON c.shop_id = k.s AND c.order_id = k.id "
+                "WHERE c.outcome IS NULL ORDER BY c.received_at, c.event_id", shops, ids):
+            self.held_cancels[r["shop_id"], r["order_id"]].append((r["event_id"], r["reason"]))
+        shops = list(set(shops))
         found = {r["shop_id"]: r["ignore_incomplete_orders"] for r in await conn.fetch(
             "SELECT shop_id, ignore_incomplete_orders FROM shops WHERE shop_id = ANY($1::text[])", shops)}
         self.ignores_incomplete = {shop: found.get(shop, True) for shop in shops}
@@ -73,8 +88,8 @@ class OrderBatch:
             currency=event.currency, payment_method=event.payment.method, payment_provider=event.payment.provider,
             state=state, payment_mismatch=False, placed_at=event.occurred_at, updated_at=at, version=0,
         )
-        self.orders[order.order_id] = order
-        self._inserted.add(order.order_id)
+        self.orders[order.key] = order
+        self._inserted.add(order.key)
         return order
 
     def apply(self, order: Order, decision: Decision) -> Order:
@@ -86,15 +101,15 @@ class OrderBatch:
         self._events.extend(events)
         changed = replace(order, state=decision.state, version=version,
                           payment_mismatch=order.payment_mismatch or decision.payment_mismatch, updated_at=now())
-        self.orders[order.order_id] = changed
-        self._changed.add(order.order_id)
+        self.orders[order.key] = changed
+        self._changed.add(order.key)
         return changed
 
-    def settle_payment(self, order_id: str, payment_id: str, applied: bool, outcome: str) -> None:
-        self._payment_outcomes.append((order_id, payment_id, applied, outcome[:500]))
+    def settle_payment(self, key: OrderKey, payment_id: str, applied: bool, outcome: str) -> None:
+        self._payment_outcomes.append((key[0], key[1], payment_id, applied, outcome[:500]))
 
-    def settle_cancel(self, event_id: Any, outcome: str) -> None:
-        self._cancel_outcomes.append((event_id, outcome[:500]))
+    def settle_cancel(self, shop_id: str, event_id: Any, outcome: str) -> None:
+        self._cancel_outcomes.append((shop_id, event_id, outcome[:500]))
 
     # --- writing back ------------------------------------------------------------------------------------------
 
@@ -118,27 +133,30 @@ class OrderBatch:
             await insert_history(conn, self._history)
         if self._payment_outcomes:
             await conn.executemany(
-                "UPDATE payments SET applied = $3, outcome = $4 WHERE order_id = $1 AND payment_id = $2",
-                self._payment_outcomes)
+                "UPDATE payments SET applied = $4, outcome = $5 "
+                "WHERE shop_id = $1 AND order_id = $2 AND payment_id = $3", self._payment_outcomes)
         if self._cancel_outcomes:
-            await conn.executemany("UPDATE cancel_requests SET outcome = $2 WHERE event_id = $1",
+            await conn.executemany("UPDATE cancel_requests SET outcome = $3 WHERE shop_id = $1 AND event_id = $2",
                                    self._cancel_outcomes)
         await outbox.stage(conn, self._events)
 
 
-async def record_payments(conn: asyncpg.Connection, events: Sequence[PaymentConfirmed]) -> set[tuple[str, str]]:
-    """Keep every payment by its gateway id; returns the (order_id, payment_id) pairs not recorded before."""
+async def record_payments(conn: asyncpg.Connection,
+                          events: Sequence[PaymentConfirmed]) -> set[tuple[str, str, str]]:
+    """Keep every payment by (shop, order, gateway id); returns the (shop_id, order_id, payment_id) not recorded
+    before."""
     rows = await conn.fetch(
         """INSERT INTO payments (order_id, payment_id, shop_id, amount_cents, currency, provider)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-           ON CONFLICT DO NOTHING RETURNING order_id, payment_id""",
+           ON CONFLICT DO NOTHING RETURNING shop_id, order_id, payment_id""",
         [e.order_id for e in events], [e.payment_id for e in events], [e.shop_id for e in events],
         [e.amount_cents for e in events], [e.currency for e in events], [e.provider for e in events])
-    return {(r["order_id"], r["payment_id"]) for r in rows}
+    return {(r["shop_id"], r["order_id"], r["payment_id"]) for r in rows}
 
 
 async def record_cancel_requests(conn: asyncpg.Connection, events: Sequence[OrderCancelRequested]) -> None:
     await conn.execute(
-        """INSERT INTO cancel_requests (event_id, order_id, reason)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING""",
-        [e.event_id for e in events], [e.order_id for e in events], [e.reason for e in events])
+        """INSERT INTO cancel_requests (shop_id, event_id, order_id, reason)
+           SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING""",
+        [e.shop_id for e in events], [e.event_id for e in events], [e.order_id for e in events],
+        [e.reason for e in events])

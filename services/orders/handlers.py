@@ -2,8 +2,10 @@
 
 Each batch is one transaction under the locks of the orders it touches; the pure core decides event by event, in
 offset order; `OrderBatch` writes each table once and stages the order.status events in that transaction.
-Redelivery is harmless by position (the runtime) and by business key: an order is placed once per order id, a
-payment applied once per (order, payment id), a cancel request recorded once per event id.
+Redelivery is harmless by position (the runtime) and by business key: an order is placed once per (shop, order
+id), a payment applied once per (shop, order, payment id), a cancel request recorded once per (shop, event id).
+Every look-up names the event's shop: a payment or cancel for an id only another shop has is held for this shop's
+order (DESIGN.md, "Shops are tenants").
 """
 
 from __future__ import annotations
@@ -45,43 +47,46 @@ def _count_after_commit(uow: UnitOfWork, decisions: list[core.Decision]) -> None
 async def order_placed(uow: UnitOfWork, events: list[OrderPlaced]) -> None:
     """A new order's first state; the payments and cancels that came before it are settled now."""
     conn = uow.conn
-    batch = await OrderBatch.lock(conn, [e.order_id for e in events])
-    await batch.load_held(conn, [e.shop_id for e in events])
+    batch = await OrderBatch.lock(conn, [(e.shop_id, e.order_id) for e in events])
+    await batch.load_held(conn)
     decisions: list[core.Decision] = []
     for event in events:
-        if event.order_id in batch.orders:
+        key = (event.shop_id, event.order_id)
+        if key in batch.orders:
             continue  # the same order placed again (a resend, a replay): the first one stands
-        held = batch.held_payments.pop(event.order_id, [])
+        held = batch.held_payments.pop(key, [])
         placement = core.place_with_held(event.payment.method, batch.ignores_incomplete[event.shop_id],
                                          event.total_cents, event.currency, held)
         order = batch.apply(batch.add(event, placement.decision.state), placement.decision)
         for pid, applied, outcome in placement.settled:
-            batch.settle_payment(event.order_id, pid, applied, outcome)
+            batch.settle_payment(key, pid, applied, outcome)
         decisions.append(placement.decision)
-        for request_id, reason in batch.held_cancels.pop(event.order_id, []):
+        for request_id, reason in batch.held_cancels.pop(key, []):
             cancel = core.customer_cancel(order.state, reason)
             order = batch.apply(order, cancel)
-            batch.settle_cancel(request_id, core.outcome_text(cancel, "canceled"))
+            batch.settle_cancel(event.shop_id, request_id, core.outcome_text(cancel, "canceled"))
             decisions.append(cancel)
     await batch.flush(conn)
     _count_after_commit(uow, decisions)
 
 
 async def payment_confirmed(uow: UnitOfWork, events: list[PaymentConfirmed]) -> None:
-    """Pay an order once per (order, payment id); a payment for an order not yet placed is held for it."""
+    """Pay an order once per (shop, order, payment id); a payment for an order its shop has not placed (yet) is held
+    for that shop's order."""
     conn = uow.conn
-    batch = await OrderBatch.lock(conn, [e.order_id for e in events])
+    batch = await OrderBatch.lock(conn, [(e.shop_id, e.order_id) for e in events])
     new = await record_payments(conn, events)
     decisions: list[core.Decision] = []
     for event in events:
-        order = batch.orders.get(event.order_id)
-        if (event.order_id, event.payment_id) not in new or order is None:
+        key = (event.shop_id, event.order_id)
+        order = batch.orders.get(key)
+        if (*key, event.payment_id) not in new or order is None:
             continue  # a resend of a known payment, or held until its order arrives
-        new.discard((event.order_id, event.payment_id))  # twice in one batch: the second is a resend
+        new.discard((*key, event.payment_id))  # twice in one batch: the second is a resend
         decision = core.confirm_payment(order.state, core.PaymentFacts(event.amount_cents, event.currency),
                                         order.total_cents, order.currency)
         batch.apply(order, decision)
-        batch.settle_payment(event.order_id, event.payment_id, bool(decision.changes),
+        batch.settle_payment(key, event.payment_id, bool(decision.changes),
                              core.outcome_text(decision, "applied"))
         decisions.append(decision)
     await batch.flush(conn)
@@ -94,16 +99,16 @@ async def cancel_requested(uow: UnitOfWork, events: list[OrderCancelRequested]) 
     if not events:
         return
     conn = uow.conn
-    batch = await OrderBatch.lock(conn, [e.order_id for e in events])
+    batch = await OrderBatch.lock(conn, [(e.shop_id, e.order_id) for e in events])
     await record_cancel_requests(conn, events)
     decisions: list[core.Decision] = []
     for event in events:
-        order = batch.orders.get(event.order_id)
+        order = batch.orders.get((event.shop_id, event.order_id))
         if order is None:
-            continue  # held until the order arrives
+            continue  # held until this shop's order arrives
         decision = core.customer_cancel(order.state, event.reason)
         batch.apply(order, decision)
-        batch.settle_cancel(event.event_id, core.outcome_text(decision, "canceled"))
+        batch.settle_cancel(event.shop_id, event.event_id, core.outcome_text(decision, "canceled"))
         decisions.append(decision)
     await batch.flush(conn)
     _count_after_commit(uow, decisions)
@@ -116,5 +121,5 @@ async def shop_settings(uow: UnitOfWork, events: list[ShopSettings]) -> None:
 
 
 async def inventory_deductions(uow: UnitOfWork, events: list[InventoryDeduction]) -> None:
-    """What inventory did for each order, once per (order, kind), shown on the order."""
+    """What inventory did for each order, once per (shop, order, kind), shown on the order."""
     await repo.record_stock_outcomes(uow.conn, events)

@@ -1,8 +1,12 @@
 """SQL over asyncpg for the orders schema. Every write is keyed, so applying the same input twice changes nothing.
 
-Changes to one order are serialised by `lock_order` (a transaction-scoped advisory lock on the order id, then the
-row `FOR UPDATE`): the stream handlers and the HTTP API may touch the same order at once, and a payment may race
-its own order.placed; the lock exists even before the row does, so a held payment is never missed.
+Shops are tenants: an order is the pair (shop_id, order_id) everywhere — keys, locks, look-ups, derived event ids
+— since two shops number their orders alike (DESIGN.md, "Shops are tenants"). Nothing here reads by order id alone
+except `find_orders`, the operator's look-up across shops.
+
+Changes to one order are serialised by `lock_order` (a transaction-scoped advisory lock on the shop and order id,
+then the row `FOR UPDATE`): the stream handlers and the HTTP API may touch the same order at once, and a payment may
+race its own order.placed; the lock exists even before the row does, so a held payment is never missed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from contracts import (
 from orderflow.runtime import outbox
 from services.orders.core import Decision, OrderState
 
+OrderKey = tuple[str, str]
+"""(shop_id, order_id): an order's identity."""
+
 TABS: dict[str, tuple[str, ...]] = {
     "pending": (OrderStatus.PENDING.value, OrderStatus.PROCESSED.value),
     "closed": (OrderStatus.DELIVERED.value, OrderStatus.CANCELED.value),
@@ -52,6 +59,10 @@ class Order:
     placed_at: datetime
     updated_at: datetime
     version: int
+
+    @property
+    def key(self) -> OrderKey:
+        return (self.shop_id, self.order_id)
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Order:
@@ -78,39 +89,54 @@ class Order:
 # --- orders and their changes ----------------------------------------------------------------------------------
 
 
-async def lock_orders(conn: asyncpg.Connection, order_ids: list[str]) -> dict[str, Order]:
+def _pairs(keys: list[OrderKey]) -> tuple[list[str], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys]
+
+
+async def lock_orders(conn: asyncpg.Connection, keys: list[OrderKey]) -> dict[OrderKey, Order]:
     """Take the orders' locks for this transaction, in sorted order (two transactions never wait on each other in a
-    circle), and load those that exist. The advisory lock exists before the row does."""
-    ids = sorted(set(order_ids))
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('orders.order:' || id, 0)) "
-                       "FROM unnest($1::text[]) AS id ORDER BY id", ids)
-    rows = await conn.fetch("SELECT * FROM orders WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE", ids)
-    return {r["order_id"]: Order.from_row(r) for r in rows}
+    circle), and load those that exist. The advisory lock exists before the row does; its key names the shop (a
+    slash cannot occur in a shop id, so `shop/order` is unambiguous)."""
+    shops, ids = _pairs(sorted(set(keys)))
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('orders.order:' || s || '/' || o, 0)) "
+                       "FROM unnest($1::text[], $2::text[]) AS k(s, o) ORDER BY s, o", shops, ids)
+    rows = await conn.fetch(
+        "SELECT o.* FROM orders o JOIN unnest($1::text[], $2::text[]) AS k(s, id) "
+        "ON o.shop_id = k.s AND o.order_id = k.id ORDER BY o.shop_id, o.order_id FOR UPDATE OF o", shops, ids)
+    return {(r["shop_id"], r["order_id"]): Order.from_row(r) for r in rows}
 
 
-async def lock_order(conn: asyncpg.Connection, order_id: str) -> Order | None:
+async def lock_order(conn: asyncpg.Connection, shop_id: str, order_id: str) -> Order | None:
     """Take the order's lock for this transaction and load it (None when it was not placed yet)."""
-    return (await lock_orders(conn, [order_id])).get(order_id)
+    return (await lock_orders(conn, [(shop_id, order_id)])).get((shop_id, order_id))
 
 
-async def get_order(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> Order | None:
-    row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+async def get_order(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, order_id: str) -> Order | None:
+    row = await conn.fetchrow("SELECT * FROM orders WHERE shop_id = $1 AND order_id = $2", shop_id, order_id)
     return Order.from_row(row) if row else None
 
 
+async def find_orders(conn: asyncpg.Connection | asyncpg.Pool, order_id: str, limit: int = 20) -> list[Order]:
+    """The orders of every shop that use this id (the operator's look-up; a merchant's goes through `get_order`)."""
+    rows = await conn.fetch("SELECT * FROM orders WHERE order_id = $1 ORDER BY shop_id LIMIT $2", order_id, limit)
+    return [Order.from_row(r) for r in rows]
+
+
 def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tuple], list[OrderStatusChanged], int]:
-    """A decision's order_history rows, its order.status events (ids derived from order and seq) and the new version."""
+    """A decision's order_history rows, its order.status events (ids derived from shop, order and seq) and the new
+    version."""
     seq = order.version
     rows: list[tuple] = []
     events: list[OrderStatusChanged] = []
     for change in decision.changes:
         seq += 1
         before = change.before
-        rows.append((order.order_id, seq, before.status.value if before else None, change.after.status.value,
-                     before.payment_status.value if before else None, change.after.payment_status.value,
-                     change.changed_by.value, change.reason, at))
+        rows.append((order.shop_id, order.order_id, seq, before.status.value if before else None,
+                     change.after.status.value, before.payment_status.value if before else None,
+                     change.after.payment_status.value, change.changed_by.value, change.reason, at))
         events.append(OrderStatusChanged(
-            event_id=derived_event_id("order.status", order.order_id, seq), occurred_at=at, shop_id=order.shop_id,
+            event_id=derived_event_id("order.status", order.shop_id, order.order_id, seq), occurred_at=at,
+            shop_id=order.shop_id,
             order_id=order.order_id, cart_id=order.cart_id, status=change.after.status,
             payment_status=change.after.payment_status, previous_status=before.status if before else None,
             previous_payment_status=before.payment_status if before else None, changed_by=change.changed_by,
@@ -130,18 +156,18 @@ def writes_nothing(order: Order, decision: Decision) -> bool:
 async def insert_history(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     """`changes_of` rows."""
     await conn.executemany(
-        """INSERT INTO order_history (order_id, seq, from_status, to_status, from_payment_status,
+        """INSERT INTO order_history (shop_id, order_id, seq, from_status, to_status, from_payment_status,
                                       to_payment_status, changed_by, reason, at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""", rows)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""", rows)
 
 
 async def update_orders(conn: asyncpg.Connection, orders: list[Order]) -> None:
     """Write each order's state, version and mismatch flag (the flag is never cleared here)."""
     await conn.executemany(
-        """UPDATE orders SET status = $2, payment_status = $3, version = $4,
-                             payment_mismatch = payment_mismatch OR $5, updated_at = now()
-           WHERE order_id = $1""",
-        [(o.order_id, o.state.status.value, o.state.payment_status.value, o.version, o.payment_mismatch)
+        """UPDATE orders SET status = $3, payment_status = $4, version = $5,
+                             payment_mismatch = payment_mismatch OR $6, updated_at = now()
+           WHERE shop_id = $1 AND order_id = $2""",
+        [(o.shop_id, o.order_id, o.state.status.value, o.state.payment_status.value, o.version, o.payment_mismatch)
          for o in orders])
 
 
@@ -155,33 +181,34 @@ async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> O
                       payment_mismatch=order.payment_mismatch or decision.payment_mismatch)
     await update_orders(conn, [changed])
     await outbox.stage(conn, events)
-    return await get_order(conn, order.order_id)
+    return await get_order(conn, order.shop_id, order.order_id)
 
 
-async def history(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
+async def history(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT seq, from_status, to_status, from_payment_status, to_payment_status, changed_by, reason, at
-           FROM order_history WHERE order_id = $1 ORDER BY seq""", order_id)
+           FROM order_history WHERE shop_id = $1 AND order_id = $2 ORDER BY seq""", shop_id, order_id)
     return [dict(r) for r in rows]
 
 
 # --- payments ---------------------------------------------------------------------------------------------------
 
 
-async def payments(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
+async def payments(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT payment_id, amount_cents, currency, provider, received_at, applied, outcome
-           FROM payments WHERE order_id = $1 ORDER BY received_at, payment_id""", order_id)
+           FROM payments WHERE shop_id = $1 AND order_id = $2 ORDER BY received_at, payment_id""", shop_id, order_id)
     return [dict(r) for r in rows]
 
 
 # --- cancel requests --------------------------------------------------------------------------------------------
 
 
-async def cancel_requests(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[dict[str, Any]]:
+async def cancel_requests(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str,
+                          order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT event_id, reason, received_at, outcome FROM cancel_requests WHERE order_id = $1 "
-        "ORDER BY received_at", order_id)
+        "SELECT event_id, reason, received_at, outcome FROM cancel_requests WHERE shop_id = $1 AND order_id = $2 "
+        "ORDER BY received_at", shop_id, order_id)
     return [dict(r) for r in rows]
 
 
@@ -210,14 +237,18 @@ async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_ver
 
 
 async def record_stock_outcomes(conn: asyncpg.Connection, events: list[InventoryDeduction]) -> None:
-    """What inventory did for each order, once per (order, kind)."""
+    """What inventory did for each order, once per (shop, order, kind)."""
     await conn.executemany(
-        "INSERT INTO stock_outcomes (order_id, kind, lines) VALUES ($1, $2, $3::jsonb) ON CONFLICT DO NOTHING",
-        [(e.order_id, e.kind.value, json.dumps([line.model_dump(mode="json") for line in e.lines])) for e in events])
+        "INSERT INTO stock_outcomes (shop_id, order_id, kind, lines) VALUES ($1, $2, $3, $4::jsonb) "
+        "ON CONFLICT DO NOTHING",
+        [(e.shop_id, e.order_id, e.kind.value, json.dumps([line.model_dump(mode="json") for line in e.lines]))
+         for e in events])
 
 
-async def stock_outcomes(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> dict[str, list[dict[str, Any]]]:
-    rows = await conn.fetch("SELECT kind, lines FROM stock_outcomes WHERE order_id = $1", order_id)
+async def stock_outcomes(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str,
+                         order_id: str) -> dict[str, list[dict[str, Any]]]:
+    rows = await conn.fetch("SELECT kind, lines FROM stock_outcomes WHERE shop_id = $1 AND order_id = $2",
+                            shop_id, order_id)
     return {r["kind"]: json.loads(r["lines"]) for r in rows}
 
 

@@ -468,7 +468,8 @@ def check_outputs(scenario: Scenario, observed: Observed, records: Sequence[Reco
             e = decode(topics.CHECKOUT_ABANDONED.model, r.value)
             abandoned[e.cart_id].add(e.event_id)
     for order_id, history in observed.history.items():
-        want = {derived_event_id("order.status", order_id, h[0]) for h in history}
+        shop_id = observed.orders[order_id].shop_id if order_id in observed.orders else ""
+        want = {derived_event_id("order.status", shop_id, order_id, h[0]) for h in history}
         if status_ids.get(order_id, set()) != want:
             problems.append(f"order.status of {order_id}: {len(status_ids.get(order_id, ()))} event ids on the "
                             f"topic, {len(want)} history rows")

@@ -63,7 +63,7 @@ def test_paid_three_times_and_shipped_twice_deducts_once() -> None:
     out = core.apply(b, [commit("o1", MUG=3)] * 6)
     assert b.levels[(SHOP, "MUG")] == 7
     assert [(m.kind, m.moved) for m in out.moves] == [(DeductionKind.DEDUCTED, 3)]
-    assert out.orders == {"o1": OrderState.DEDUCTED}
+    assert out.orders == {(SHOP, "o1"): OrderState.DEDUCTED}
 
 
 def test_cancel_returns_exactly_what_was_deducted_once() -> None:
@@ -87,7 +87,7 @@ def test_cancel_of_a_never_deducted_order_closes_it() -> None:
     b = book(MUG=4)
     out = core.apply(b, [cancel("o1"), commit("o1", MUG=1)])
     assert b.levels[(SHOP, "MUG")] == 4
-    assert out.moves == [] and out.orders == {"o1": OrderState.CLOSED}
+    assert out.moves == [] and out.orders == {(SHOP, "o1"): OrderState.CLOSED}
 
 
 def test_unknown_sku_rejects_the_whole_order_and_moves_nothing() -> None:
@@ -95,7 +95,7 @@ def test_unknown_sku_rejects_the_whole_order_and_moves_nothing() -> None:
     out = core.apply(b, [commit("o1", MUG=1, GHOST=1), commit("o2", MUG=1)])
     assert out.rejected == {0: "unknown SKU for shop shop-1: GHOST"}
     assert b.levels[(SHOP, "MUG")] == 3
-    assert "o1" not in b.orders
+    assert (SHOP, "o1") not in b.orders
 
 
 def test_rejected_order_can_commit_after_the_sku_is_created() -> None:
@@ -121,11 +121,22 @@ def test_unchanged_levels_are_not_reported() -> None:
 
 def test_return_of_an_order_deducted_in_an_earlier_batch_uses_the_ledger() -> None:
     b = book(MUG=1)
-    b.orders["o1"] = OrderState.DEDUCTED
-    b.deducted["o1"] = {"MUG": 3}
+    b.orders[(SHOP, "o1")] = OrderState.DEDUCTED
+    b.deducted[(SHOP, "o1")] = {"MUG": 3}
     out = core.apply(b, [cancel("o1")])
     assert b.levels[(SHOP, "MUG")] == 4
-    assert out.orders == {"o1": OrderState.RETURNED}
+    assert out.orders == {(SHOP, "o1"): OrderState.RETURNED}
+
+
+def test_two_shops_with_the_same_order_id_are_two_orders() -> None:
+    other = "shop-2"
+    b = Book(levels={(SHOP, "MUG"): 5, (other, "MUG"): 5})
+    out = core.apply(b, [commit("1001", MUG=2), CommitOrder("1001", other, (("MUG", 3),)), cancel("1001")])
+    assert b.levels == {(SHOP, "MUG"): 5, (other, "MUG"): 2}
+    assert out.orders == {(SHOP, "1001"): OrderState.RETURNED, (other, "1001"): OrderState.DEDUCTED}
+    assert [(o, s, k) for o, s, k, _ in out.deductions()] == [
+        ("1001", SHOP, DeductionKind.DEDUCTED), ("1001", other, DeductionKind.DEDUCTED),
+        ("1001", SHOP, DeductionKind.RETURNED)]
 
 
 # --- properties --------------------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, StockAdjusted, derived_event_id, now
+from orderflow.runtime.http import ApiError
 from services.orders import core
 from services.orders import repository as repo
-from services.orders.api import MessageBody, ShopBody, order_view
+from services.orders.api import Ambiguous, MessageBody, ShopBody, find_order, order_view
 from services.orders.web.session import SessionKeys
 
 if TYPE_CHECKING:
@@ -185,13 +186,25 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         return render(request, "orders.html", tab=tab, q=q, shop_id=shop_id, page=page, orders=found,
                       total=total, counts=counts, pages=max(1, math.ceil(total / PER_PAGE)))
 
+    async def load_order(request: web.Request,
+                         conn: asyncpg.Connection | asyncpg.Pool) -> repo.Order | web.StreamResponse:
+        """The order the URL names (`/orders/{order_id}?shop_id=`), or the page saying why not."""
+        try:
+            return await find_order(conn, request.match_info["order_id"], request.query.get("shop_id") or None)
+        except Ambiguous as exc:
+            return render(request, "message.html", status=409, title="Which shop?",
+                          text=f"Several shops have an order with this id: {', '.join(exc.shops)}. "
+                               "Open it from the order list, or add ?shop_id= to the address.")
+        except ApiError:
+            return render(request, "message.html", status=404, title="No such order",
+                          text="There is no order with that id.")
+
     async def order_page(request: web.Request, *, error: str | None = None, status: int = 200,
                          message_text: str = "") -> web.StreamResponse:
         pool = await rt.pool()
-        order = await repo.get_order(pool, request.match_info["order_id"])
-        if order is None:
-            return render(request, "message.html", status=404, title="No such order",
-                          text="There is no order with that id.")
+        order = await load_order(request, pool)
+        if not isinstance(order, repo.Order):
+            return order
         view = await order_view(pool, order)
         return render(request, "order.html", status=status, order=view, lines=order_lines(view),
                       buttons=allowed_buttons(order.state), error=error,
@@ -201,10 +214,13 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
     async def change(request: web.Request, decide: Callable[[core.OrderState], core.Decision],
                      done: str) -> web.StreamResponse:
         """The API's change: lock, let the core decide, write and stage in one transaction; show a refusal."""
-        order_id = request.match_info["order_id"]
+        found = await load_order(request, await rt.pool())
+        if not isinstance(found, repo.Order):
+            return found
+        shop_id, order_id = found.key
 
         async def work(uow: UnitOfWork) -> core.Decision | None:
-            order = await repo.lock_order(uow.conn, order_id)
+            order = await repo.lock_order(uow.conn, shop_id, order_id)
             if order is None:
                 return None
             decision = decide(order.state)
@@ -219,7 +235,7 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         if decision.refused:
             return await order_page(request, error=decision.refused, status=409)
         done = done if decision.changes else "unchanged"
-        raise web.HTTPSeeOther(page_url(f"/orders/{quote(order_id, safe='')}", done=done))
+        raise web.HTTPSeeOther(page_url(f"/orders/{quote(order_id, safe='')}", shop_id=shop_id, done=done))
 
     async def post_status(request: web.Request) -> web.StreamResponse:
         try:
@@ -241,11 +257,16 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
                                     message_text=text)
         if not FORM_ID.match(message_id):
             return await order_page(request, error="Reload the page and send the message again.", status=400)
+        found = await load_order(request, await rt.pool())
+        if not isinstance(found, repo.Order):
+            return found
+
         async def work(uow: UnitOfWork) -> repo.Order | None:
-            order = await repo.get_order(uow.conn, request.match_info["order_id"])
+            order = await repo.get_order(uow.conn, found.shop_id, found.order_id)
             if order is not None:
                 uow.emit([CustomerMessageRequested(
-                    event_id=derived_event_id("order.message", order.order_id, message_id), occurred_at=now(),
+                    event_id=derived_event_id("order.message", order.shop_id, order.order_id, message_id),
+                    occurred_at=now(),
                     shop_id=order.shop_id, order_id=order.order_id, message_id=message_id, text=body.text,
                     customer=order.customer,
                 )])
@@ -254,7 +275,8 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         order = await rt.run_unit(work, wait_for_dependencies=False)
         if order is None:
             return await order_page(request)
-        raise web.HTTPSeeOther(page_url(f"/orders/{quote(order.order_id, safe='')}", done="message"))
+        raise web.HTTPSeeOther(page_url(f"/orders/{quote(order.order_id, safe='')}", shop_id=order.shop_id,
+                                        done="message"))
 
     # --- stock ------------------------------------------------------------------------------------------------
 
