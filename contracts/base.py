@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from orderflow.mailaddr import AddressError, addr_spec
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+MAX_INT = 10**12
+"""Upper bound of every integer field without a tighter one of its own (money in cents, stock counts, deduction
+lines): 10^12 cents is ten billion in the currency's unit, far above any order, and far inside PostgreSQL's bigint
+(9.2 * 10^18), so a number the contract accepts is one a bigint column can store. (Quantities: le=100_000.)"""
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_AHEAD = timedelta(hours=24)
+"""Every timestamp of every event must be between EARLIEST and now + MAX_AHEAD. The lower bound is fixed, not relative
+to now, so an event valid when it was produced stays valid when it is replayed years later."""
+_WHEN_BOUND = "must be between 2000-01-01T00:00:00Z and 24 h from now"
 _EMAIL = re.compile(r"^[^@\s,;<>\"()\[\]\\]+@[^@\s,;<>\"()\[\]\\]+\.[^@\s,;<>\"()\[\]\\]+$")
 
 
@@ -31,8 +44,32 @@ def _one_address(value: str) -> str:
     return value
 
 
+def _no_control_chars_but_lines(value: str) -> str:
+    if _CONTROL_BUT_LINES.search(value):
+        raise ValueError("must not contain control characters other than tab, CR and LF (NUL...)")
+    return value
+
+
+_ceiling = EARLIEST
+"""now + MAX_AHEAD as last computed: a lower bound of the true ceiling (time only moves on), so a timestamp below it
+is accepted without reading the clock, and only one above it reads the clock again (~0.2 µs saved per timestamp)."""
+
+
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    """Normalised to UTC, and bounded: 9999-12-31T23:59:59-01:00 has no UTC form (OverflowError) and a date far from
+    now is a producer's bug, refused with the bound in the message rather than stored."""
+    global _ceiling
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise PydanticCustomError("datetime_out_of_range", _WHEN_BOUND) from None
+    if utc < EARLIEST:
+        raise PydanticCustomError("datetime_out_of_range", _WHEN_BOUND)
+    if utc > _ceiling:
+        _ceiling = datetime.now(UTC) + MAX_AHEAD
+        if utc > _ceiling:
+            raise PydanticCustomError("datetime_out_of_range", _WHEN_BOUND)
+    return utc
 
 
 Identifier = Annotated[
@@ -43,11 +80,17 @@ Identifier = Annotated[
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_no_control_chars)]
 Text = Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_control_chars)]
 """Free text that may end up in a mail header (names, subjects): control characters refused."""
-LongText = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+LongText = Annotated[
+    str, StringConstraints(min_length=1, max_length=10_000), AfterValidator(_no_control_chars_but_lines)
+]
+"""Free text of several lines (a merchant's message): no NUL or other control character PostgreSQL or a mail body
+would choke on."""
+Url = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_no_control_chars)]
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_one_address)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-Cents = Annotated[int, Field(ge=0)]
+Cents = Annotated[int, Field(ge=0, le=MAX_INT)]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+"""An RFC 3339 timestamp with its offset, normalised to UTC, between 2000-01-01T00:00:00Z and 24 h from now."""
 
 
 class Model(BaseModel):

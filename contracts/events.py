@@ -7,7 +7,20 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from contracts.base import Cents, Currency, Email, Event, Identifier, LongText, Model, Sku, Text, UtcDatetime
+from contracts.base import (
+    MAX_INT,
+    Cents,
+    Currency,
+    Email,
+    Event,
+    Identifier,
+    LongText,
+    Model,
+    Sku,
+    Text,
+    Url,
+    UtcDatetime,
+)
 
 
 class OrderStatus(StrEnum):
@@ -71,8 +84,8 @@ class Payment(Model):
 
 class DeductionLine(Model):
     sku: Sku
-    asked: int = Field(ge=0)
-    moved: int = Field(ge=0)
+    asked: int = Field(ge=0, le=MAX_INT)
+    moved: int = Field(ge=0, le=MAX_INT)
 
 
 # --- inputs --------------------------------------------------------------------------------------------------
@@ -164,7 +177,7 @@ class OrderStatusChanged(Event):
 
 class InventoryLevel(Event):
     sku: Sku
-    available: int = Field(ge=0)
+    available: int = Field(ge=0, le=MAX_INT)
     updated_at: UtcDatetime
 
 
@@ -182,7 +195,7 @@ class CheckoutAbandoned(Event):
     items: list[CartItem]
     started_at: UtcDatetime
     order_id: Identifier | None = None
-    recovery_url: str
+    recovery_url: Url
 
 
 class CustomerMessageRequested(Event):
