@@ -205,7 +205,7 @@ class MailSender:
                 log.warning("mail sender: database unavailable (%s); retrying", exc)
                 claimed = 0
                 await asyncio.sleep(1.0)
-            if claimed < BATCH and self._outage is None:
+            if claimed < BATCH:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
                 self._wake.clear()
@@ -226,6 +226,8 @@ class MailSender:
         claimed_at = time.monotonic()
         mails = await repository.claim_due(pool, BATCH, self._settings.mail_lease_seconds)
         if not mails:
+            if self._outage is not None:
+                await self._probe()  # nothing of ours to send (another sender took the mails): is the server back?
             await self._close_if_idle()
             return 0
         batch = _Batch(mails, self._settings.mail_lease_seconds, claimed_at)
@@ -295,11 +297,22 @@ class MailSender:
                 log.warning("mail %s/%s: claimed by another sender meanwhile; this one leaves it", lost.ref,
                             lost.kind)
 
+    async def _probe(self) -> None:
+        """Connect without a mail, so that a sender in an outage learns the server is back (or counts one more
+        failed attempt) even when other senders took every mail meanwhile."""
+        try:
+            await self._connection()
+        except ServerUnavailable as exc:
+            self._outage_event(str(exc), 0)
+
     async def _server_unavailable(self, pool: asyncpg.Pool, batch: _Batch, reason: str) -> None:
         """One event, whatever the size of the batch: the mails go back untried and the sender waits."""
         waiting = batch.unfinished()
         await repository.release(pool, waiting, f"waiting for the SMTP server: {reason}")
         batch.finished.update(m.key for m in waiting)
+        self._outage_event(reason, len(waiting))
+
+    def _outage_event(self, reason: str, waiting: int) -> None:
         if self._outage is None:
             self._outage = Outage(reason)
             self._metrics.degraded.inc()
@@ -311,7 +324,7 @@ class MailSender:
         outage.next_try = time.monotonic() + delay
         self._metrics.unavailable.inc()
         log.warning("SMTP server unavailable (%s): %d mail(s) wait untried; next try in %.1fs (%d failure(s) since %s)",
-                    reason, len(waiting), delay, outage.failures, outage.since.isoformat(timespec="seconds"))
+                    reason, waiting, delay, outage.failures, outage.since.isoformat(timespec="seconds"))
 
     def _server_back(self) -> None:
         if self._outage is not None:
@@ -406,6 +419,7 @@ class MailSender:
             detail = reply_of(exc) if isinstance(exc, aiosmtplib.SMTPResponseException) else str(exc)
             raise ServerUnavailable(f"SMTP server {s.smtp_host}:{s.smtp_port}: {detail}") from exc
         self._smtp = smtp
+        self._last_used = time.monotonic()  # a fresh connection is not idle (a probe's stays open for the next mail)
         self._smtp_state = "connected (TLS)" if secured else "connected (no TLS)"
         self._server_back()
         return smtp

@@ -1,6 +1,6 @@
 """The notify sender against real SMTP servers (the project's mail sink in its TLS/AUTH modes) and the real
-PostgreSQL, in process: STARTTLS with a certificate trusted through SMTP_CA_FILE, implicit TLS, and credentials that
-never go out in clear.
+PostgreSQL, in process: STARTTLS with a certificate trusted through SMTP_CA_FILE, implicit TLS, credentials that
+never go out in clear, and a sender noticing the end of an outage.
 
 The certificate is self-signed and made here with the `openssl` command (Debian's openssl package).
 """
@@ -24,6 +24,7 @@ from services.notify import repository
 from services.notify.core import MailIntent
 from services.notify.sender import MailMetrics, MailSender
 from tests.integration.test_notify_outbox import pool  # noqa: F401 - the fixture: a schema of its own
+from tests.workers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -139,5 +140,24 @@ async def test_credentials_are_never_sent_to_a_server_without_starttls(pool, tmp
         assert await clear.send_due() == 1
         [mail] = messages(handle, to)
         assert (mail["tls"], mail["auth_user"], mail["auth_tls"]) == (False, "mailer", False)
+    finally:
+        handle.stop()
+
+
+async def test_a_sender_in_an_outage_notices_the_server_is_back_without_a_mail_of_its_own(
+        pool, tmp_path: Path) -> None:  # noqa: F811
+    port = free_port()  # nothing listens there yet
+    to = await one_mail(pool)
+    away = sink.MailSinkHandle(port, free_port(), tmp_path / "mail.jsonl", tmp_path / "sink.log")
+    sender = sender_for(pool, away)
+    assert await sender.send_due() == 1  # the connect fails: one event, the mail put back untried
+    assert sender.outage is not None and sender.outage.failures == 1
+    assert await sender.send_due() == 1 and sender.outage.failures == 2  # tried again: one more event
+    handle = sink.start(tmp_path, smtp_port=port)
+    try:
+        other = sender_for(pool, handle)  # another sender delivers the mail meanwhile
+        assert await other.send_due() == 1 and len(messages(handle, to)) == 1
+        assert await sender.send_due() == 0  # nothing left to claim: it probes the server instead
+        assert sender.outage is None and (await sender.health())["smtp"].startswith("connected")
     finally:
         handle.stop()
