@@ -43,6 +43,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shops", type=int, default=3)
     p.add_argument("--skus-per-shop", type=int, default=6)
     p.add_argument("--abandon-after", type=int, default=None, help="abandon_after_seconds in every shop's settings")
+    p.add_argument("--shared-ids", action="store_true",
+                   help="shops reuse each other's order, cart and payment ids (each numbers its own from 1001)")
     for name in _MIX_FIELDS:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(Mix, name),
                        help=f"share (default {getattr(Mix, name)})")
@@ -51,7 +53,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def mix_from(args: argparse.Namespace) -> Mix:
     return Mix(**{name: getattr(args, name) for name in _MIX_FIELDS}, shops=args.shops,
-               skus_per_shop=args.skus_per_shop, abandon_after_seconds=args.abandon_after)
+               skus_per_shop=args.skus_per_shop, abandon_after_seconds=args.abandon_after,
+               shared_ids=args.shared_ids)
 
 
 async def simulate(args: argparse.Namespace) -> tuple[Scenario, DriveReport]:

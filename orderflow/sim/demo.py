@@ -6,6 +6,9 @@ Three customers of one fresh shop (abandon delay a few seconds):
 2. Bob places a PayPal order and never pays: incomplete, no stock moved, no mail; then one recovery mail.
 3. Carol pays by bank transfer: stock at once, awaiting payment; the merchant marks it paid twice, then processed
    and delivered.
+4. A twin shop reuses the first shop's ids (shops are tenants: ids are unique within a shop only): Dave's order
+   carries Alice's order id, his cart her cart id, the SKUs are the same names, and the twin's gateway confirms a
+   payment for Bob's order id. The twin's order and stock are its own; nothing of the first shop changes.
 
 Connection settings come from the environment (`eval $(orderflow env)`), else from the local stack's state file.
 Every wait polls a condition with a deadline; a rule that does not hold is reported, never hidden; exit code 1.
@@ -100,9 +103,12 @@ class Story:
     stock_after: dict[str, int] = field(default_factory=dict)
     say: Callable[[str], None] = print
 
+    twin: bool = False
+    """The twin shop of a run: same tag, so the same order, cart and payment ids and SKU names."""
+
     @property
     def shop_id(self) -> str:
-        return f"demo-{self.tag}"
+        return f"demo-{self.tag}-twin" if self.twin else f"demo-{self.tag}"
 
     def email(self, who: str) -> str:
         return f"{who}.{self.tag}@demo.example"
@@ -150,7 +156,8 @@ class Demo:
         return bool(await poll(check, timeout))
 
     async def order(self, order_id: str) -> dict | None:
-        r = await self.http.get(f"{self.ep.orders}/orders/{order_id}", headers=self.auth)
+        r = await self.http.get(f"{self.ep.orders}/orders/{order_id}", headers=self.auth,
+                                params={"shop_id": self.story.shop_id})
         return r.json() if r.status_code == 200 else None
 
     async def order_is(self, order_id: str, status: str, payment_status: str) -> dict | None:
@@ -160,7 +167,8 @@ class Demo:
         return await poll(check)
 
     async def cart(self, cart_id: str) -> dict | None:
-        r = await self.http.get(f"{self.ep.cart}/carts/{cart_id}")
+        r = await self.http.get(f"{self.ep.cart}/carts/{cart_id}", headers=self.auth,
+                                params={"shop_id": self.story.shop_id})
         return r.json() if r.status_code == 200 else None
 
     async def mails(self, who: str | None = None) -> list[dict]:
@@ -195,15 +203,16 @@ class Demo:
 
     async def merchant(self, order_id: str, path: str, status: str) -> httpx.Response:
         return await self.http.post(f"{self.ep.orders}/orders/{order_id}/{path}", json={"status": status},
-                                    headers=self.auth)
+                                    headers=self.auth, params={"shop_id": self.story.shop_id})
 
     # --- the story ---------------------------------------------------------------------------------------------
 
     async def setup(self) -> None:
         s = self.story
         s.say(f"shop {s.shop_id}: settings (abandon after {ABANDON_AFTER_SECONDS} s) and stock")
+        merchant = s.email("merchant2" if s.twin else "merchant")
         r = await self.http.put(f"{self.ep.orders}/shops/{s.shop_id}", headers=self.auth,
-                                json={"name": f"Demo shop {s.tag}", "merchant_email": s.email("merchant"),
+                                json={"name": f"Demo shop {s.shop_id}", "merchant_email": merchant,
                                       "abandon_after_seconds": ABANDON_AFTER_SECONDS,
                                       "ignore_incomplete_orders": True})
         if r.status_code != 200:
@@ -310,6 +319,52 @@ class Demo:
     async def _mail_about(self, order_id: str, words: str) -> list[dict]:
         return [m for m in await self.mails() if order_id in m["subject"] and words in m["subject"]]
 
+    async def twin(self, first: Demo) -> None:
+        """The twin shop reuses the first shop's ids; each shop's orders, carts, stock and mails stay its own."""
+        s, tag = self.story, self.story.tag
+        alice_cart, alice_order, bob_order = f"cart-alice-{tag}", f"order-alice-{tag}", f"order-bob-{tag}"
+        s.say(f"twin shop {s.shop_id}: the same SKU names; dave reuses alice's cart id and order id")
+        await self.cart_updated("dave", alice_cart, {"mug": 1})
+        await self.checkout("dave", alice_cart, alice_order, {"mug": 1}, "manual", "cheque")
+        s.say("twin's gateway confirms a payment for bob's order id, which only the first shop has")
+        await self.producer.send(PaymentConfirmed(**self._env(), order_id=bob_order, payment_id=f"pp-{tag}",
+                                                  amount_cents=PRICES["tee"], currency="EUR", provider="ideal"))
+        mine = await self.order_is(alice_order, "pending", "awaiting")
+        s.check("the twin's order under a reused id is the twin's own (pending/awaiting, dave's)",
+                mine is not None and mine["customer"]["email"] == s.email("dave"), f"order: {mine}")
+        s.check("the twin's stock moved for it (mug 10 -> 9)", await self.stock_is("mug", 9),
+                f"twin mug = {await self.stock('mug')}")
+        twin_cart = await poll(lambda: self._cart_ordered(alice_cart))
+        s.check("the twin's cart under a reused id is the twin's own", twin_cart is not None
+                and twin_cart.get("customer", {}).get("email") == s.email("dave"), f"cart: {twin_cart}")
+
+        async def payment_held() -> bool:
+            r = await self.http.get(f"{self.ep.orders}/orders/{bob_order}", headers=self.auth,
+                                    params={"shop_id": first.story.shop_id})
+            return r.status_code == 200 and r.json()["status"] == "incomplete"
+
+        theirs = await first.order(alice_order)
+        s.check("the first shop's order with that id is untouched (alice's, pending/paid)",
+                theirs is not None and theirs["customer"]["email"] == s.email("alice")
+                and (theirs["status"], theirs["payment_status"]) == ("pending", "paid"), f"order: {theirs}")
+        s.check("the twin's payment for an id only the first shop has leaves that order incomplete",
+                await payment_held(), f"order: {await first.order(bob_order)}")
+        s.check("the first shop's stock did not move for the twin (mug stays 8)", await first.stock("mug") == 8,
+                f"mug = {await first.stock('mug')}")
+        cart = await first.cart(alice_cart)
+        s.check("the first shop's cart with that id is still alice's", cart is not None
+                and cart.get("customer", {}).get("email") == s.email("alice"), f"cart: {cart}")
+        ambiguous = await self.http.get(f"{self.ep.orders}/orders/{alice_order}", headers=self.auth)
+        s.check("the operator asking for the id alone is told which shops have it (409)",
+                ambiguous.status_code == 409
+                and {s.shop_id, first.story.shop_id} <= set(ambiguous.json().get("shops", [])),
+                f"{ambiguous.status_code} {ambiguous.text[:200]}")
+        mails = await poll(lambda: self._mails_both("dave", "merchant2"))
+        s.check("the twin's customer and merchant get the twin's mails", bool(mails), f"mails: {mails}")
+
+    async def _mails_both(self, *who: str) -> bool:
+        return all([len(await self.mails(w)) == 1 for w in who])
+
     async def mails_once(self) -> None:
         """Each mail exactly once: wait for the expected count, then make sure no copy follows."""
         s = self.story
@@ -368,10 +423,13 @@ async def run_demo(ep: Endpoints, say: Callable[[str], None] = print) -> Story:
     started = time.monotonic()
     async with StorefrontProducer(ep.bootstrap) as producer, httpx.AsyncClient(timeout=10) as http:
         demo = Demo(ep, producer, http, story)
+        twin = Demo(ep, producer, http, Story(tag=story.tag, rules=story.rules, say=say, twin=True))
         await demo.setup()
         await demo.alice()
         await demo.bob()
         await demo.carol()
+        await twin.setup()
+        await twin.twin(demo)
         await demo.bob_recovered()
         await demo.mails_once()
         await demo.report()

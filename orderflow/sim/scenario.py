@@ -10,6 +10,11 @@ inventory rules: deduct once per order on its first committing change, never bel
 left), return what was moved on a cancel. Broker topics do not order events across topics, so where a clamp could
 make the result depend on arrival order the SKU is flagged in `Expected.order_sensitive_skus`. With the default
 `Mix.scarcity = 0` every SKU's initial stock covers all its demand and the result is exact whatever the order.
+
+Shops are tenants: the oracle keys every order by (shop_id, order_id) and every cart by (shop_id, cart_id). With
+`Mix.shared_ids` the shops number their orders, carts and payments alike (each shop's first session is order
+`<ns>-1001`, cart `<ns>-cart1001`, payment `<ns>-1001-pay`; SKUs are always the same names in every shop), as real
+shop builders do: nothing of one shop may show in, or change, another's.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class Mix:
     """0: initial stock covers all demand (exact oracle). >0: initial stock is demand x (1 - scarcity): shortfalls."""
     abandon_after_seconds: int | None = None
     """Written into every shop's settings when set (short values for demos and tests)."""
+    shared_ids: bool = False
+    """Number orders, carts and payments per shop, so shops reuse each other's ids (and SKUs, as always)."""
 
     def __post_init__(self) -> None:
         for name in ("abandoned_carts", "gateway_unpaid", "manual_payments", "manual_confirmed",
@@ -83,6 +90,12 @@ class Mix:
             raise ValueError("mix shops, skus_per_shop and max_lines must be at least 1")
 
 
+OrderKey = tuple[str, str]
+"""(shop_id, order_id)."""
+CartKey = tuple[str, str]
+"""(shop_id, cart_id)."""
+
+
 @dataclass(frozen=True)
 class ExpectedOrder:
     shop_id: str
@@ -94,15 +107,21 @@ class ExpectedOrder:
     """Whether stock was deducted for it at some point (a later cancel returns it)."""
     email: str
 
+    @property
+    def key(self) -> OrderKey:
+        return (self.shop_id, self.order_id)
+
 
 @dataclass
 class Expected:
-    orders: dict[str, ExpectedOrder] = field(default_factory=dict)
+    orders: dict[OrderKey, ExpectedOrder] = field(default_factory=dict)
+    """(shop_id, order_id) -> how the order must end."""
     stock: dict[tuple[str, str], int] = field(default_factory=dict)
     """(shop_id, sku) -> available at the end."""
     initial_stock: dict[tuple[str, str], int] = field(default_factory=dict)
-    abandoned_carts: set[str] = field(default_factory=set)
-    """Cart ids that must yield exactly one checkout.abandoned (checkout never ordered, or gateway order unpaid)."""
+    abandoned_carts: set[CartKey] = field(default_factory=set)
+    """(shop_id, cart_id) of the carts that must yield exactly one checkout.abandoned (checkout never ordered, or
+    gateway order unpaid)."""
     order_sensitive_skus: set[tuple[str, str]] = field(default_factory=set)
     """SKUs whose final stock could differ if events arrived in another order (a clamp may have been hit)."""
 
@@ -154,6 +173,7 @@ class _Generator:
         self.ns = namespace
         self.clock = (start or datetime.now(UTC)).astimezone(UTC)
         self.counter = 0
+        self.per_shop: dict[str, int] = {}
 
     def _envelope(self, shop_id: str) -> dict:
         self.counter += 1
@@ -183,8 +203,11 @@ class _Generator:
 
     def _session(self, n: int, shop_id: str, catalogue: dict[str, list[tuple[str, int]]]) -> list[Event]:
         mix, rng = self.mix, self.rng
-        cart_id = f"{self.ns}-cart{n}"
-        order_id = f"{self.ns}-order{n}"
+        if mix.shared_ids:  # each shop numbers its own: every shop's k-th session uses the same ids
+            k = self.per_shop[shop_id] = self.per_shop.get(shop_id, 1000) + 1
+            cart_id, order_id = f"{self.ns}-cart{k}", f"{self.ns}-{k}"
+        else:
+            cart_id, order_id = f"{self.ns}-cart{n}", f"{self.ns}-order{n}"
         customer = Customer(email=f"shopper{n}.{self.ns}@customer.example", name=f"Shopper {n}",
                             customer_id=f"{self.ns}-cust{n}")
         cart_customer = CartCustomer(**customer.model_dump())
@@ -249,10 +272,10 @@ class _Generator:
 
 def _committed_demand(sessions: Sequence[Sequence[Event]]) -> dict[tuple[str, str], int]:
     demand: dict[tuple[str, str], int] = {}
-    committed = {o.order_id for o in expected_outcome([], sessions, track_stock=False).orders.values() if o.committed}
+    committed = {key for key, o in expected_outcome([], sessions, track_stock=False).orders.items() if o.committed}
     for session in sessions:
         for placed in session:
-            if isinstance(placed, OrderPlaced) and placed.order_id in committed:
+            if isinstance(placed, OrderPlaced) and (placed.shop_id, placed.order_id) in committed:
                 for line in placed.items:
                     key = (placed.shop_id, line.sku)
                     demand[key] = demand.get(key, 0) + line.quantity
@@ -266,7 +289,7 @@ def expected_outcome(setup: Sequence[Event], sessions: Sequence[Sequence[Event]]
     ignore_incomplete = {e.shop_id: e.ignore_incomplete_orders for e in setup if isinstance(e, ShopSettings)}
     stock: dict[tuple[str, str], int] = {}
     worst: dict[tuple[str, str], int] = {}  # stock minus every deduction, ignoring all additions: < 0 => clamp risk
-    moved: dict[str, list[tuple[tuple[str, str], int]]] = {}
+    moved: dict[OrderKey, list[tuple[tuple[str, str], int]]] = {}
 
     def adjust(event: StockAdjusted) -> None:
         key = (event.shop_id, event.sku)
@@ -289,7 +312,7 @@ def expected_outcome(setup: Sequence[Event], sessions: Sequence[Sequence[Event]]
             stock[key] = stock.get(key, 0) - take
             worst[key] = worst.get(key, 0) - line.quantity
             lines.append((key, take))
-        moved[placed.order_id] = lines
+        moved[placed.shop_id, placed.order_id] = lines
 
     for event in setup:
         if isinstance(event, StockAdjusted):
@@ -302,16 +325,16 @@ def expected_outcome(setup: Sequence[Event], sessions: Sequence[Sequence[Event]]
             if isinstance(event, StockAdjusted):
                 adjust(event)
             elif isinstance(event, CheckoutStarted):
-                out.abandoned_carts.add(event.cart_id)
+                out.abandoned_carts.add((event.shop_id, event.cart_id))
             elif isinstance(event, OrderPlaced):
                 placed[event.order_id] = event
-                out.abandoned_carts.discard(event.cart_id)
+                out.abandoned_carts.discard((event.shop_id, event.cart_id))
                 gateway_incomplete = event.payment.method == "gateway" and ignore_incomplete.get(event.shop_id, True)
                 if event.order_id in paid_early:
                     state[event.order_id] = (OrderStatus.PENDING, PaymentStatus.PAID, True)
                 elif gateway_incomplete:
                     state[event.order_id] = (OrderStatus.INCOMPLETE, PaymentStatus.INCOMPLETE, False)
-                    out.abandoned_carts.add(event.cart_id)  # until paid: a gateway order never paid is abandoned
+                    out.abandoned_carts.add((event.shop_id, event.cart_id))  # until paid: unpaid = abandoned
                 else:
                     state[event.order_id] = (OrderStatus.PENDING, PaymentStatus.AWAITING, True)
                 if state[event.order_id][2]:
@@ -324,19 +347,19 @@ def expected_outcome(setup: Sequence[Event], sessions: Sequence[Sequence[Event]]
                 if status == OrderStatus.INCOMPLETE:
                     state[event.order_id] = (OrderStatus.PENDING, PaymentStatus.PAID, True)
                     deduct(placed[event.order_id])
-                    out.abandoned_carts.discard(placed[event.order_id].cart_id)
+                    out.abandoned_carts.discard((event.shop_id, placed[event.order_id].cart_id))
                 elif status != OrderStatus.CANCELED:
                     state[event.order_id] = (status, PaymentStatus.PAID, committed)
             elif isinstance(event, OrderCancelRequested):
                 current = state.get(event.order_id)
                 if current and current[0] == OrderStatus.PENDING:
                     state[event.order_id] = (OrderStatus.CANCELED, current[1], current[2])
-                    for key, take in moved.pop(event.order_id, []):
+                    for key, take in moved.pop((event.shop_id, event.order_id), []):
                         stock[key] = stock.get(key, 0) + take
         for order_id, (status, payment_status, committed) in state.items():
             p = placed[order_id]
-            out.orders[order_id] = ExpectedOrder(p.shop_id, order_id, p.cart_id, status, payment_status,
-                                                 committed, p.customer.email)
+            out.orders[p.shop_id, order_id] = ExpectedOrder(p.shop_id, order_id, p.cart_id, status, payment_status,
+                                                            committed, p.customer.email)
     if track_stock:
         out.stock = dict(stock)
         out.order_sensitive_skus |= {key for key, low in worst.items() if low < 0}

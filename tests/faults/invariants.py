@@ -28,6 +28,9 @@ What is checked against the scenario's oracle (`Scenario.expected`):
   its group stored in PostgreSQL (`<service>.consumer_positions`), and where a handler still records event ids,
   each valid event is in its processed_events.
 
+Shops are tenants: orders are keyed by (shop_id, order_id) and carts by (shop_id, cart_id) throughout, so every
+invariant holds per shop, also for a scenario whose shops reuse each other's ids (`Mix.shared_ids`).
+
 One ordering the oracle cannot know: a customer's cancel and a payment confirmation travel on different topics, so
 after a fault the orders service may see the cancel first. The order is then canceled before it was paid (gateway:
 never committed, its checkout is reported abandoned; manual: committed at placement, payment stays awaiting). The
@@ -48,7 +51,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import OrderStatus, PaymentStatus, decode, derived_event_id, topics
-from contracts.events import CartUpdated, OrderCancelRequested, OrderPlaced
+from contracts.events import OrderCancelRequested, OrderPlaced
 from orderflow.ops.topics import partitions_of
 from orderflow.runtime.dlq import HEADER_ERROR, HEADER_SERVICE, HEADER_TOPIC, read_headers
 from orderflow.sim.scenario import Scenario
@@ -75,21 +78,30 @@ class OrderRow:
     payment_method: str
 
 
+Key = tuple[str, str]
+"""(shop_id, order_id) or (shop_id, cart_id): ids are unique within a shop only."""
+
+
+def named(key: Key) -> str:
+    return "/".join(key)
+
+
 @dataclass
 class Observed:
     """Everything the services hold about one namespace, read in one pass (a snapshot, not a transaction)."""
 
     namespace: str
-    orders: dict[str, OrderRow] = field(default_factory=dict)
-    history: dict[str, list[tuple]] = field(default_factory=dict)
-    """order_id -> [(seq, from_status, to_status, from_payment, to_payment)] in seq order."""
+    orders: dict[Key, OrderRow] = field(default_factory=dict)
+    history: dict[Key, list[tuple]] = field(default_factory=dict)
+    """(shop_id, order_id) -> [(seq, from_status, to_status, from_payment, to_payment)] in seq order."""
     stock: dict[tuple[str, str], int] = field(default_factory=dict)
-    moves: dict[str, dict[str, dict[str, tuple[int, int]]]] = field(default_factory=dict)
-    """order_id -> kind -> sku -> (asked, moved): inventory's ledger."""
-    order_stock: dict[str, str] = field(default_factory=dict)
-    stock_outcomes: set[tuple[str, str]] = field(default_factory=set)
-    checkouts: dict[str, str] = field(default_factory=dict)
-    carts: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    moves: dict[Key, dict[str, dict[str, tuple[int, int]]]] = field(default_factory=dict)
+    """(shop_id, order_id) -> kind -> sku -> (asked, moved): inventory's ledger."""
+    order_stock: dict[Key, str] = field(default_factory=dict)
+    stock_outcomes: set[tuple[str, str, str]] = field(default_factory=set)
+    """(shop_id, order_id, kind) recorded by orders."""
+    checkouts: dict[Key, str] = field(default_factory=dict)
+    carts: dict[Key, tuple[str, str | None]] = field(default_factory=dict)
     mail_rows: dict[tuple[str, str], tuple[str, str, str | None]] = field(default_factory=dict)
     """(ref, kind) -> (state, message_id, last_error)."""
     sink: list[tuple[str, str]] = field(default_factory=list)
@@ -107,29 +119,30 @@ async def observe(database_url: str, namespace: str, sink_messages: Sequence[dic
     try:
         for r in await conn.fetch("SELECT order_id, status, payment_status, shop_id, cart_id, payment_method "
                                   "FROM orders.orders WHERE starts_with(shop_id, $1)", prefix):
-            seen.orders[r["order_id"]] = OrderRow(r["status"], r["payment_status"], r["shop_id"], r["cart_id"],
-                                                  r["payment_method"])
-        for r in await conn.fetch("SELECT order_id, seq, from_status, to_status, from_payment_status, "
-                                  "to_payment_status FROM orders.order_history WHERE starts_with(order_id, $1) "
-                                  "ORDER BY order_id, seq", prefix):
-            seen.history.setdefault(r["order_id"], []).append(
+            seen.orders[r["shop_id"], r["order_id"]] = OrderRow(r["status"], r["payment_status"], r["shop_id"],
+                                                                r["cart_id"], r["payment_method"])
+        for r in await conn.fetch("SELECT shop_id, order_id, seq, from_status, to_status, from_payment_status, "
+                                  "to_payment_status FROM orders.order_history WHERE starts_with(shop_id, $1) "
+                                  "ORDER BY shop_id, order_id, seq", prefix):
+            seen.history.setdefault((r["shop_id"], r["order_id"]), []).append(
                 (r["seq"], r["from_status"], r["to_status"], r["from_payment_status"], r["to_payment_status"]))
-        seen.stock_outcomes = {(r["order_id"], r["kind"]) for r in await conn.fetch(
-            "SELECT order_id, kind FROM orders.stock_outcomes WHERE starts_with(order_id, $1)", prefix)}
+        seen.stock_outcomes = {(r["shop_id"], r["order_id"], r["kind"]) for r in await conn.fetch(
+            "SELECT shop_id, order_id, kind FROM orders.stock_outcomes WHERE starts_with(shop_id, $1)", prefix)}
         for r in await conn.fetch("SELECT shop_id, sku, available FROM inventory.stock WHERE starts_with(shop_id, $1)",
                                   prefix):
             seen.stock[r["shop_id"], r["sku"]] = r["available"]
-        for r in await conn.fetch("SELECT order_id, kind, sku, asked, moved FROM inventory.stock_moves "
+        for r in await conn.fetch("SELECT shop_id, order_id, kind, sku, asked, moved FROM inventory.stock_moves "
                                   "WHERE starts_with(shop_id, $1)", prefix):
-            seen.moves.setdefault(r["order_id"], {}).setdefault(r["kind"], {})[r["sku"]] = (r["asked"], r["moved"])
-        seen.order_stock = {r["order_id"]: r["state"] for r in await conn.fetch(
-            "SELECT order_id, state FROM inventory.order_stock WHERE starts_with(shop_id, $1)", prefix)}
+            seen.moves.setdefault((r["shop_id"], r["order_id"]), {}).setdefault(r["kind"], {})[r["sku"]] = (
+                r["asked"], r["moved"])
+        seen.order_stock = {(r["shop_id"], r["order_id"]): r["state"] for r in await conn.fetch(
+            "SELECT shop_id, order_id, state FROM inventory.order_stock WHERE starts_with(shop_id, $1)", prefix)}
         # a watch abandoned and later paid reads 'paid' but keeps abandoned_at: it was reported abandoned
-        seen.checkouts = {r["cart_id"]: "abandoned" if r["abandoned_at"] is not None else r["state"]
-                          for r in await conn.fetch("SELECT cart_id, state, abandoned_at FROM cart.checkouts "
+        seen.checkouts = {(r["shop_id"], r["cart_id"]): "abandoned" if r["abandoned_at"] is not None else r["state"]
+                          for r in await conn.fetch("SELECT shop_id, cart_id, state, abandoned_at FROM cart.checkouts "
                                                     "WHERE starts_with(shop_id, $1)", prefix)}
-        seen.carts = {r["cart_id"]: (r["status"], r["order_id"]) for r in await conn.fetch(
-            "SELECT cart_id, status, order_id FROM cart.carts WHERE starts_with(shop_id, $1)", prefix)}
+        seen.carts = {(r["shop_id"], r["cart_id"]): (r["status"], r["order_id"]) for r in await conn.fetch(
+            "SELECT shop_id, cart_id, status, order_id FROM cart.carts WHERE starts_with(shop_id, $1)", prefix)}
         mails = await conn.fetch("SELECT ref, kind, state, message_id, last_error FROM notify.mails "
                                  "WHERE starts_with(shop_id, $1)", prefix)
         seen.mail_rows = {(r["ref"], r["kind"]): (r["state"], r["message_id"], r["last_error"]) for r in mails}
@@ -161,37 +174,38 @@ class OrderFacts:
     payment_status: str
     committed: bool
 
+    @property
+    def key(self) -> Key:
+        return (self.shop_id, self.order_id)
 
-def _facts(scenario: Scenario) -> tuple[dict[str, OrderPlaced], set[str], dict[str, str]]:
-    placed: dict[str, OrderPlaced] = {}
-    canceled_requested: set[str] = set()
-    cart_shop: dict[str, str] = {}
+
+def _facts(scenario: Scenario) -> tuple[dict[Key, OrderPlaced], set[Key]]:
+    placed: dict[Key, OrderPlaced] = {}
+    canceled_requested: set[Key] = set()
     for session in scenario.session_events:
         for event in session:
             if isinstance(event, OrderPlaced):
-                placed[event.order_id] = event
+                placed[event.shop_id, event.order_id] = event
             elif isinstance(event, OrderCancelRequested):
-                canceled_requested.add(event.order_id)
-            if isinstance(event, CartUpdated):
-                cart_shop[event.cart_id] = event.shop_id
-    return placed, canceled_requested, cart_shop
+                canceled_requested.add((event.shop_id, event.order_id))
+    return placed, canceled_requested
 
 
-def implied_orders(scenario: Scenario, observed: Observed) -> tuple[dict[str, OrderFacts], set[str], list[str]]:
+def implied_orders(scenario: Scenario, observed: Observed) -> tuple[dict[Key, OrderFacts], set[Key], list[str]]:
     """Each order's implied final facts and the carts that must be reported abandoned, given the one ordering
     (cancel before payment) the oracle cannot know; returns also what differs from the oracle."""
     expected = scenario.expected
-    placed, _, _ = _facts(scenario)
+    placed, _ = _facts(scenario)
     abandoned = set(expected.abandoned_carts)
     notes: list[str] = []
-    out: dict[str, OrderFacts] = {}
-    for order_id, exp in expected.orders.items():
-        event = placed[order_id]
+    out: dict[Key, OrderFacts] = {}
+    for key, exp in expected.orders.items():
+        event = placed[key]
         lines: dict[str, int] = {}
         for item in event.items:
             lines[item.sku] = lines.get(item.sku, 0) + item.quantity
         status, payment, committed = exp.status.value, exp.payment_status.value, exp.committed
-        row = observed.orders.get(order_id)
+        row = observed.orders.get(key)
         before_payment = (PaymentStatus.INCOMPLETE if event.payment.method == "gateway"
                           else PaymentStatus.AWAITING).value
         if (row is not None and exp.status == OrderStatus.CANCELED and exp.payment_status == PaymentStatus.PAID
@@ -199,17 +213,16 @@ def implied_orders(scenario: Scenario, observed: Observed) -> tuple[dict[str, Or
             payment = before_payment
             if event.payment.method == "gateway":
                 committed = False  # canceled while incomplete: never committed, its checkout stays watched
-                abandoned.add(event.cart_id)
-            notes.append(f"{order_id}: the cancel was applied before the payment ({event.payment.method})")
-        out[order_id] = OrderFacts(order_id, event.shop_id, event.cart_id, event.payment.method, lines, status,
+                abandoned.add((event.shop_id, event.cart_id))
+            notes.append(f"{named(key)}: the cancel was applied before the payment ({event.payment.method})")
+        out[key] = OrderFacts(event.order_id, event.shop_id, event.cart_id, event.payment.method, lines, status,
                                    payment, committed)
     return out, abandoned, notes
 
 
-def expected_mails(scenario: Scenario, orders: dict[str, OrderFacts], abandoned: set[str],
+def expected_mails(scenario: Scenario, orders: dict[Key, OrderFacts], abandoned: set[Key],
                    observed: Observed) -> dict[str, tuple[str, str]]:
     """Message-ID -> (ref, kind) of every mail the rules imply (notify/core.py)."""
-    _, _, cart_shop = _facts(scenario)
     mails: dict[str, tuple[str, str]] = {}
 
     def add(ref: str, kind: str) -> None:
@@ -222,11 +235,11 @@ def expected_mails(scenario: Scenario, orders: dict[str, OrderFacts], abandoned:
             add(ref, "confirmation")
             if o.status == OrderStatus.CANCELED.value:
                 add(ref, "canceled")
-            deducted = observed.moves.get(o.order_id, {}).get("deducted", {})
+            deducted = observed.moves.get(o.key, {}).get("deducted", {})
             if any(moved < asked for asked, moved in deducted.values()):
                 add(ref, "shortfall")
-    for cart_id in abandoned:
-        add(order_ref(cart_shop[cart_id], cart_id), "recovery")
+    for shop_id, cart_id in abandoned:
+        add(order_ref(shop_id, cart_id), "recovery")
     return mails
 
 
@@ -267,14 +280,14 @@ def check(scenario: Scenario, observed: Observed, *, duplicates_allowed: bool = 
     if extra := set(observed.orders) - set(orders):
         problems.append(f"orders that were never placed: {sorted(extra)[:5]}")
     for o in orders.values():
-        row = observed.orders.get(o.order_id)
+        row = observed.orders.get(o.key)
         if row is None:
-            problems.append(f"order {o.order_id} lost")
+            problems.append(f"order {named(o.key)} lost")
             continue
         if (row.status, row.payment_status) != (o.status, o.payment_status):
-            problems.append(f"order {o.order_id} ({o.method}) is {row.status}/{row.payment_status}, "
+            problems.append(f"order {named(o.key)} ({o.method}) is {row.status}/{row.payment_status}, "
                             f"its events imply {o.status}/{o.payment_status}")
-        problems += _history_problems(o.order_id, observed.history.get(o.order_id, []), row)
+        problems += _history_problems(named(o.key), observed.history.get(o.key, []), row)
 
     # deductions: exactly one per committed order, returns only for canceled ones, nothing for the others
     if extra := set(observed.moves) - set(orders):
@@ -288,9 +301,9 @@ def check(scenario: Scenario, observed: Observed, *, duplicates_allowed: bool = 
         problems.append(f"abandoned checkouts differ: missing {sorted(abandoned - got_abandoned)[:5]}, "
                         f"unexpected {sorted(got_abandoned - abandoned)[:5]}")
     for o in orders.values():
-        status, order_id = observed.carts.get(o.cart_id, (None, None))
+        status, order_id = observed.carts.get((o.shop_id, o.cart_id), (None, None))
         if (status, order_id) != ("ordered", o.order_id):
-            problems.append(f"cart {o.cart_id} is {status}/{order_id}, expected ordered by {o.order_id}")
+            problems.append(f"cart {o.shop_id}/{o.cart_id} is {status}/{order_id}, expected ordered by {o.order_id}")
 
     # mails: one per (ref, kind) by Message-ID; nothing unexpected; every row sent
     wanted = expected_mails(scenario, orders, abandoned, observed)
@@ -337,36 +350,36 @@ def _history_problems(order_id: str, history: list[tuple], row: OrderRow) -> lis
 
 
 def _deduction_problems(o: OrderFacts, observed: Observed, *, scarce: bool) -> list[str]:
-    moves = observed.moves.get(o.order_id, {})
+    moves = observed.moves.get(o.key, {})
     canceled = o.status == OrderStatus.CANCELED.value
     problems = []
     if not o.committed:
         if moves:
-            problems.append(f"order {o.order_id} was never committed but moved stock: {moves}")
+            problems.append(f"order {named(o.key)} was never committed but moved stock: {moves}")
         want_state = "closed" if canceled else None
     else:
         deducted = moves.get("deducted")
         if deducted is None:
-            problems.append(f"committed order {o.order_id} was never deducted")
+            problems.append(f"committed order {named(o.key)} was never deducted")
         else:
             if {sku: asked for sku, (asked, _) in deducted.items()} != o.lines:
-                problems.append(f"order {o.order_id} deducted {deducted}, its lines are {o.lines}")
+                problems.append(f"order {named(o.key)} deducted {deducted}, its lines are {o.lines}")
             if not scarce and any(moved != asked for asked, moved in deducted.values()):
-                problems.append(f"order {o.order_id} deducted short without scarcity: {deducted}")
+                problems.append(f"order {named(o.key)} deducted short without scarcity: {deducted}")
         returned = moves.get("returned")
         if canceled and deducted is not None:
             if returned is None:
-                problems.append(f"canceled order {o.order_id} never got its stock back")
+                problems.append(f"canceled order {named(o.key)} never got its stock back")
             elif {s: m for s, (_, m) in returned.items()} != {s: m for s, (_, m) in deducted.items()}:
-                problems.append(f"order {o.order_id} returned {returned}, it had deducted {deducted}")
+                problems.append(f"order {named(o.key)} returned {returned}, it had deducted {deducted}")
         if not canceled and returned is not None:
-            problems.append(f"order {o.order_id} is not canceled but stock was returned: {returned}")
+            problems.append(f"order {named(o.key)} is not canceled but stock was returned: {returned}")
         want_state = "returned" if canceled else "deducted"
         for kind in ("deducted", "returned") if canceled else ("deducted",):
-            if (o.order_id, kind) not in observed.stock_outcomes:
-                problems.append(f"orders never recorded inventory.deductions {kind} for {o.order_id}")
-    if observed.order_stock.get(o.order_id) != want_state:
-        problems.append(f"inventory.order_stock of {o.order_id} is {observed.order_stock.get(o.order_id)}, "
+            if (o.shop_id, o.order_id, kind) not in observed.stock_outcomes:
+                problems.append(f"orders never recorded inventory.deductions {kind} for {named(o.key)}")
+    if observed.order_stock.get(o.key) != want_state:
+        problems.append(f"inventory.order_stock of {named(o.key)} is {observed.order_stock.get(o.key)}, "
                         f"expected {want_state}")
     return problems
 
@@ -449,33 +462,33 @@ def check_outputs(scenario: Scenario, observed: Observed, records: Sequence[Reco
     ns = f"{scenario.namespace}-"
     skip = {(b.topic, b.key) for b in injected}
     problems: list[str] = []
-    status_ids: dict[str, set[uuid.UUID]] = defaultdict(set)
-    deductions: dict[tuple[str, str], set[uuid.UUID]] = defaultdict(set)
-    abandoned: dict[str, set[uuid.UUID]] = defaultdict(set)
+    status_ids: dict[Key, set[uuid.UUID]] = defaultdict(set)
+    deductions: dict[tuple[str, str, str], set[uuid.UUID]] = defaultdict(set)
+    abandoned: dict[Key, set[uuid.UUID]] = defaultdict(set)
     for r in records:
         if r.key is None or not r.key.decode(errors="replace").startswith(ns) or (r.topic, r.key) in skip:
             continue
         if r.topic == topics.ORDER_STATUS.name:
             e = decode(topics.ORDER_STATUS.model, r.value)
-            status_ids[e.order_id].add(e.event_id)
+            status_ids[e.shop_id, e.order_id].add(e.event_id)
         elif r.topic == topics.INVENTORY_DEDUCTIONS.name:
             e = decode(topics.INVENTORY_DEDUCTIONS.model, r.value)
-            deductions[e.order_id, e.kind.value].add(e.event_id)
-            ledger = observed.moves.get(e.order_id, {}).get(e.kind.value, {})
+            deductions[e.shop_id, e.order_id, e.kind.value].add(e.event_id)
+            ledger = observed.moves.get((e.shop_id, e.order_id), {}).get(e.kind.value, {})
             if {line.sku: (line.asked, line.moved) for line in e.lines} != ledger:
-                problems.append(f"inventory.deductions {e.order_id}/{e.kind.value} says {e.lines}, ledger {ledger}")
+                problems.append(f"inventory.deductions {e.shop_id}/{e.order_id}/{e.kind.value} says {e.lines}, "
+                                f"ledger {ledger}")
         elif r.topic == topics.CHECKOUT_ABANDONED.name:
             e = decode(topics.CHECKOUT_ABANDONED.model, r.value)
-            abandoned[e.cart_id].add(e.event_id)
-    for order_id, history in observed.history.items():
-        shop_id = observed.orders[order_id].shop_id if order_id in observed.orders else ""
-        want = {derived_event_id("order.status", shop_id, order_id, h[0]) for h in history}
-        if status_ids.get(order_id, set()) != want:
-            problems.append(f"order.status of {order_id}: {len(status_ids.get(order_id, ()))} event ids on the "
+            abandoned[e.shop_id, e.cart_id].add(e.event_id)
+    for key, history in observed.history.items():
+        want = {derived_event_id("order.status", *key, h[0]) for h in history}
+        if status_ids.get(key, set()) != want:
+            problems.append(f"order.status of {named(key)}: {len(status_ids.get(key, ()))} event ids on the "
                             f"topic, {len(want)} history rows")
     if extra := set(status_ids) - set(observed.history):
         problems.append(f"order.status events for orders without history: {sorted(extra)[:5]}")
-    ledger_kinds = {(o, k) for o, kinds in observed.moves.items() for k in kinds}
+    ledger_kinds = {(*o, k) for o, kinds in observed.moves.items() for k in kinds}
     if set(deductions) != ledger_kinds:
         problems.append(f"inventory.deductions events {len(deductions)} != ledger kinds {len(ledger_kinds)}: "
                         f"{sorted(set(deductions) ^ ledger_kinds)[:5]}")

@@ -86,7 +86,7 @@ def test_expected_stock_is_initial_minus_committed_non_canceled_plus_restocks() 
             if isinstance(e, StockAdjusted):
                 want[(e.shop_id, e.sku)] += e.delta
             if isinstance(e, OrderPlaced):
-                order = exp.orders[e.order_id]
+                order = exp.orders[e.shop_id, e.order_id]
                 if order.committed and order.status != OrderStatus.CANCELED:
                     for line in e.items:
                         want[(e.shop_id, line.sku)] -= line.quantity
@@ -125,13 +125,13 @@ def test_oracle_follows_the_payment_rules() -> None:
         [placed(10, "cancel", "gateway"), paid(11, "cancel"), OrderCancelRequested(**_env(12), order_id="cancel")],
     ]
     exp = expected_outcome(setup, sessions)
-    assert (exp.orders["unpaid"].status, exp.orders["unpaid"].payment_status) == (OrderStatus.INCOMPLETE,
-                                                                                  PaymentStatus.INCOMPLETE)
-    assert (exp.orders["early"].status, exp.orders["early"].payment_status) == (OrderStatus.PENDING,
-                                                                                PaymentStatus.PAID)
-    assert exp.orders["manual"].payment_status == PaymentStatus.PAID
-    assert exp.orders["cancel"].status == OrderStatus.CANCELED
-    assert exp.abandoned_carts == {"c-unpaid"}
+    orders = {order_id: o for (_shop, order_id), o in exp.orders.items()}
+    assert (orders["unpaid"].status, orders["unpaid"].payment_status) == (OrderStatus.INCOMPLETE,
+                                                                          PaymentStatus.INCOMPLETE)
+    assert (orders["early"].status, orders["early"].payment_status) == (OrderStatus.PENDING, PaymentStatus.PAID)
+    assert orders["manual"].payment_status == PaymentStatus.PAID
+    assert orders["cancel"].status == OrderStatus.CANCELED
+    assert exp.abandoned_carts == {("s", "c-unpaid")}
     # 10 - early 4 - manual 4 = 2; the cancelled order asked 4, took the 2 left (short) and returns those 2
     assert exp.stock[("s", "mug")] == 2
     assert ("s", "mug") in exp.order_sensitive_skus
@@ -140,8 +140,31 @@ def test_oracle_follows_the_payment_rules() -> None:
 def test_expected_for_a_prefix_covers_only_those_sessions() -> None:
     scenario = Scenario.generate(21, 100, start=START)
     prefix = scenario.expected_for(10)
-    ids = {e.order_id for s in scenario.session_events[:10] for e in s if isinstance(e, OrderPlaced)}
+    ids = {(e.shop_id, e.order_id) for s in scenario.session_events[:10] for e in s if isinstance(e, OrderPlaced)}
     assert set(prefix.orders) == ids
+
+
+def test_shared_ids_make_shops_reuse_order_cart_and_payment_ids_and_the_oracle_keeps_them_apart() -> None:
+    scenario = Scenario.generate(8, 300, Mix(shops=2, shared_ids=True, cancels=0.2), start=START)
+    events = [e for s in scenario.session_events for e in s]
+    shops_by_order: dict[str, set[str]] = {}
+    for e in events:
+        if isinstance(e, OrderPlaced):
+            shops_by_order.setdefault(e.order_id, set()).add(e.shop_id)
+    shared = {o for o, shops in shops_by_order.items() if len(shops) == 2}
+    assert len(shared) > 50, "order ids are used by both shops"
+    assert all(o.removeprefix(f"{scenario.namespace}-").isdigit() for o in shops_by_order), "numbered from 1001"
+    payments = {(e.shop_id, e.payment_id) for e in events if isinstance(e, PaymentConfirmed)}
+    assert len({p for _, p in payments}) < len(payments), "payment ids are shared too"
+    exp = scenario.expected
+    assert set(exp.orders) == {(e.shop_id, e.order_id) for e in events if isinstance(e, OrderPlaced)}
+    assert all(key == o.key for key, o in exp.orders.items())
+    assert {shop for shop, _ in exp.abandoned_carts} == {s.shop_id for s in scenario.shops}
+    # stock per shop: each shop's committed demand comes off its own SKUs only (no scarcity: exact)
+    for shop in scenario.shops:
+        mine = [o for o in exp.orders.values() if o.shop_id == shop.shop_id]
+        assert mine and all(o.email.startswith("shopper") for o in mine)
+    assert all(level >= 10 for level in exp.stock.values())
 
 
 def test_a_bad_mix_is_refused() -> None:
