@@ -6,14 +6,15 @@
 
 With atheris every input is decoded by every model, as bytes, and also as str when it is not UTF-8 (decoded with
 surrogateescape, so the invalid bytes become lone surrogates); the mutation engine takes the models in turn and
-mutates that model's corpus, passing some inputs as str. The outcome must be an event of that model or a
-ContractError; a ContractError of kind `unclassified` came from decode's safety net and counts as an escape too (it
-would have escaped without the net: fix its cause). So does an input that takes longer than --slow seconds (a poison
-that stalls a consumer is as bad as one that crashes it).
+mutates that model's corpus, passing some inputs as str. The outcome must be an event of that model (one that
+encodes again, with no NUL in its strings) or a ContractError; a ContractError of kind `unclassified` came from
+decode's safety net and counts as an escape too (it would have escaped without the net: fix its cause). So does an
+input that takes longer than --slow seconds (a poison that stalls a consumer is as bad as one that crashes it).
 
 Seeds: one valid example per model (tests/examples.py) and every JSON example of docs/*.md that decodes as a model.
 The atheris engine instruments contracts, orderflow.mailaddr and the stdlib email parser (pydantic-core is native and
-not instrumented, so its coverage does not guide libFuzzer); it is given a dictionary of JSON tokens and poison values.
+not instrumented, so its coverage does not guide libFuzzer); it is given a dictionary of JSON tokens and poison values,
+and half of its mutations are the JSON-tree mutations of the other engine.
 The mutation engine mutates bytes (flips, inserts, deletions, splices, dictionary tokens) and JSON trees (a value
 replaced by a poison value or random JSON, a key deleted or added, a subtree nested deeper), keeping inputs that
 decoded as new seeds.
@@ -110,7 +111,8 @@ class Verdicts:
         self.inputs = 0
         self.tried: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
-        self.escapes: list[tuple[str, str, Any]] = []
+        self.escapes: list[tuple[str, str, Any]] = []  # the first few, with their input
+        self.escaped: Counter[str] = Counter()  # every escape, by its first line
         self.slow = slow
         self.show = show
 
@@ -123,6 +125,7 @@ class Verdicts:
             event = decode(model, raw)
             if not isinstance(event, model):
                 self._escape(model, raw, f"returned {type(event).__name__}, not {model.__name__}")
+            self._storable(model, raw, event)
             ok = True
             self.outcomes["decoded"] += 1
         except ContractError as error:
@@ -140,9 +143,20 @@ class Verdicts:
             self._escape(model, raw, f"took {took:.2f} s (over --slow {self.slow} s)")
         return ok
 
+    def _storable(self, model: type, raw: bytes | str, event: Any) -> None:
+        """What decode accepts must re-encode (UTF-8: no lone surrogate) and hold no NUL (PostgreSQL refuses it)."""
+        try:
+            again = encode(event)
+        except Exception as exc:  # noqa: BLE001 - what this fuzzer looks for
+            self._escape(model, raw, f"accepted but cannot be encoded again: {type(exc).__name__}: {exc}")
+            return
+        if b"\\u0000" in again:
+            self._escape(model, raw, "accepted with a NUL in a string (PostgreSQL text and jsonb refuse it)")
+
     def _escape(self, model: type, raw: bytes | str, what: str) -> None:
-        self.escapes.append((model.__name__, what, raw))
-        if len(self.escapes) <= self.show:
+        self.escaped[what.split(":")[0]] += 1
+        if len(self.escapes) < self.show:
+            self.escapes.append((model.__name__, what, raw))
             print(f"ESCAPE {model.__name__}: {what}\n  input ({type(raw).__name__}, {len(raw)}): {raw[:2000]!r}",
                   flush=True)
 
@@ -153,10 +167,10 @@ class Verdicts:
         for model in MODELS:
             print(f"  {model.__name__:26s} {self.tried[model.__name__]:>10,}")
         print("  outcomes: " + ", ".join(f"{k} {v:,}" for k, v in self.outcomes.most_common()))
-        print(f"escapes: {len(self.escapes)}")
-        for name, what, raw in self.escapes[: self.show]:
-            print(f"  {name}: {what}: {raw[:300]!r}")
-        return 1 if self.escapes else 0
+        print(f"escapes: {sum(self.escaped.values())}" + "".join(f"\n  {n:,} x {w}" for w, n in self.escaped.items()))
+        for name, what, raw in self.escapes:
+            print(f"  e.g. {name}: {what}: {raw[:300]!r}")
+        return 1 if self.escaped else 0
 
 
 def _escaped(token: bytes) -> str:
@@ -202,7 +216,16 @@ def run_atheris(args: argparse.Namespace, verdicts: Verdicts) -> int:
                  "-rss_limit_mb=4096", f"-seed={args.seed}", "-len_control=0", "-print_final_stats=0"]
     if args.seconds:
         libfuzzer.append(f"-max_total_time={int(args.seconds) + 30}")  # backstop; one_input stops first
-    atheris.Setup(libfuzzer, one_input)
+    def mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        """Half libFuzzer's byte mutations, half JSON-tree mutations (the parser is native: byte flips alone rarely
+        get past it to the validators)."""
+        rng = random.Random(seed)
+        if rng.random() < 0.5:
+            return atheris.Mutate(data, max_size)
+        out = mutate_tree(rng, data)
+        return (out.encode("utf-8", "surrogatepass") if isinstance(out, str) else out)[:max_size]
+
+    atheris.Setup(libfuzzer, one_input, custom_mutator=mutator)
     atheris.Fuzz()
     return 2  # not reached
 
@@ -240,9 +263,12 @@ def _places(value: Any, path: tuple = ()) -> list[tuple]:
 
 def mutate_tree(rng: random.Random, raw: bytes) -> bytes | str:
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
+        return _mutate_tree(rng, json.loads(raw))
+    except (ValueError, RecursionError):  # not JSON, or too deep for json.loads / copy / json.dumps
         return mutate_bytes(rng, raw, [])
+
+
+def _mutate_tree(rng: random.Random, data: Any) -> bytes | str:
     for _ in range(rng.randint(1, 3)):
         places = _places(data)
         path = rng.choice(places)
@@ -262,17 +288,14 @@ def mutate_tree(rng: random.Random, raw: bytes) -> bytes | str:
             del parent[key]
         elif action == "nest":
             inner = parent[key]
-            for _ in range(rng.choice([1, 2, 30, 62, 63, 64, 65, 200])):
+            for _ in range(rng.choice([1, 2, 30, 62, 63, 64, 65, 200, 1500])):
                 inner = [inner] if rng.random() < 0.5 else {"k": inner}
             parent[key] = inner
         elif isinstance(parent, dict):
             parent[rng.choice(["junk", "name", "email", "extra"])] = new
         else:
             parent.append(new)
-    try:
-        text = json.dumps(data, ensure_ascii=rng.random() < 0.5)
-    except (ValueError, RecursionError):
-        return raw
+    text = json.dumps(data, ensure_ascii=rng.random() < 0.5)
     if rng.random() < 0.2:
         return text
     return text.encode("utf-8", "surrogatepass")
