@@ -21,6 +21,13 @@ from orderflow.infra.ports import LOCALHOST, InfraError, ProcRef, free_port, run
 USER = "orderflow"
 DATABASE = "orderflow"
 START_TIMEOUT = 60.0
+DURABLE_ENV = "ORDERFLOW_PG_DURABLE"
+"""Set to 1 to start a cluster with fsync, synchronous_commit and full_page_writes on (the benchmark's
+`--durable-db`); unset, the local cluster keeps them off, as tests want."""
+
+
+def durable_from_env() -> bool:
+    return os.environ.get(DURABLE_ENV, "").strip().lower() in ("1", "true", "on", "yes")
 
 
 def bin_dir() -> Path:
@@ -45,6 +52,8 @@ class PostgresHandle:
     port: int
     proc: ProcRef | None = None
     started_in: float | None = None
+    durable: bool = False
+    """fsync, synchronous_commit and full_page_writes on (written at initdb; default off: a throwaway cluster)."""
 
     @property
     def data_dir(self) -> Path:
@@ -77,14 +86,15 @@ class PostgresHandle:
             return
         self._run(str(bin_dir() / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", USER,
                   "-E", "UTF8", "--no-locale", "--no-sync")
+        crash_safety = "on" if self.durable else "off"  # off: a throwaway dev/test cluster, speed over safety
         settings = {
             "listen_addresses": f"'{LOCALHOST}'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.base_dir}'",
             "max_connections": "200",
-            "fsync": "off",  # a throwaway dev/test cluster: speed over crash safety
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
+            "fsync": crash_safety,
+            "synchronous_commit": crash_safety,
+            "full_page_writes": crash_safety,
             "shared_buffers": "128MB",
             "log_min_messages": "warning",
         }
@@ -137,12 +147,14 @@ class PostgresHandle:
 
     def to_state(self) -> dict:
         return {"url": self.url, "port": self.port, "base_dir": str(self.base_dir), "log": str(self.log_file),
-                "process": self.proc.to_state() if self.proc else None, "started_in": self.started_in}
+                "process": self.proc.to_state() if self.proc else None, "started_in": self.started_in,
+                "durable": self.durable}
 
     @classmethod
     def from_state(cls, state: dict) -> PostgresHandle:
         proc = ProcRef.from_state(state["process"]) if state.get("process") else None
-        return cls(Path(state["base_dir"]), int(state["port"]), proc, state.get("started_in"))
+        return cls(Path(state["base_dir"]), int(state["port"]), proc, state.get("started_in"),
+                   bool(state.get("durable", False)))
 
 
 async def _select_one(url: str) -> bool:
@@ -171,13 +183,15 @@ def db_ready(url: str) -> bool:
     return run_coro(_select_one(url))
 
 
-def start(*, port: int | None = None, timeout: float = START_TIMEOUT) -> PostgresHandle:
-    """A fresh cluster in a new postgres-owned temp folder (outside the repo so its path is always reachable)."""
+def start(*, port: int | None = None, timeout: float = START_TIMEOUT, durable: bool | None = None) -> PostgresHandle:
+    """A fresh cluster in a new postgres-owned temp folder (outside the repo so its path is always reachable).
+
+    durable: fsync, synchronous_commit and full_page_writes on; None reads $ORDERFLOW_PG_DURABLE (unset: off)."""
     base = Path(tempfile.mkdtemp(prefix="orderflow-pg-"))
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
     os.chmod(base, 0o700)
-    handle = PostgresHandle(base, port or free_port())
+    handle = PostgresHandle(base, port or free_port(), durable=durable_from_env() if durable is None else durable)
     try:
         return handle.start(timeout=timeout)
     except BaseException:
