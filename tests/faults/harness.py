@@ -200,13 +200,22 @@ async def play(stack: FaultStack, name: str, seed: int, fault: Callable[[], Awai
                abandon_after: int, duplicates_allowed: bool = False,
                before_load: Callable[[], Awaitable[None]] | None = None,
                bad: Callable[[str], list[BadMessage]] | None = bad_messages) -> Run:
-    """Setup, then the paced load with bad messages (`bad(namespace)`; None: none at all), the fault a third of
-    the way in; then settle and check."""
+    """`before_load` (e.g. more workers joining), the scenario's setup, then the paced load with bad messages
+    (`bad(namespace)`; None: none at all), the fault a third of the way in; then settle and check.
+
+    The scenario is generated after `before_load`: its events' occurred_at are stamped when it is generated, and
+    the abandon window counts from them, so a slow `before_load` must not eat into the window."""
+    began = time.monotonic()
+    if before_load is not None:
+        await before_load()
+    prepared = time.monotonic() - began
     ns = f"{name}-{uuid.uuid4().hex[:6]}"
     scenario = Scenario.generate(seed, SESSIONS, Mix(shops=2, skus_per_shop=5, cancels=0.1,
                                                       abandon_after_seconds=abandon_after), namespace=ns)
     run = Run(name, scenario, bad(ns) if bad is not None else [], duplicates_allowed)
     stack.runs.append(run)
+    if before_load is not None:
+        run.seconds["before load"] = prepared
     began = time.monotonic()
     async with StorefrontProducer(stack.bootstrap, linger_ms=5) as producer:
         for event in scenario.setup_events:
@@ -217,8 +226,6 @@ async def play(stack: FaultStack, name: str, seed: int, fault: Callable[[], Awai
         for table in ("orders.shops", "notify.shops", "cart.shop_settings"):
             await wait_db(stack, f"SELECT count(*) FROM {table} WHERE starts_with(shop_id, $1)", f"{ns}-",
                           at_least=len(scenario.shops), timeout=60, what=f"the scenario's shops in {table}")
-        if before_load is not None:
-            await before_load()
         run.seconds["setup"] = time.monotonic() - began
 
         reached = asyncio.Event()
@@ -264,8 +271,9 @@ async def settle(stack: FaultStack, run: Run, timeout: float = SETTLE_TIMEOUT) -
         if not problems:
             break
         if time.monotonic() >= deadline:
+            phases = ", ".join(f"{k} {v:.1f}s" for k, v in run.seconds.items())
             raise AssertionError(f"{run.name}: invariants still violated after {timeout:.0f}s (workers dead: "
-                                 f"{stack.dead()}):\n  " + "\n  ".join(problems[:25]))
+                                 f"{stack.dead()}; {phases}):\n  " + "\n  ".join(problems[:25]))
         await asyncio.sleep(0.5)  # polling interval of a deadline loop
     ns = f"{run.scenario.namespace}-".encode()
     outputs = await read_topics(stack.bootstrap, OUTPUT_TOPICS, keep=lambda r: (r.key or b"").startswith(ns))

@@ -33,7 +33,7 @@ pytest=.venv/bin/pytest
 [ -x "$pytest" ] || { echo "$pytest not found: run 'make setup' first" >&2; exit 2; }
 logs=.run/fault-loop/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$logs"
-args=(-q -p no:cacheprovider --timeout=1200 "${LOOP_TESTS:-tests/faults}")
+args=(-q -s -p no:cacheprovider --timeout=1200 "${LOOP_TESTS:-tests/faults}")
 [ -n "$expr" ] && args+=(-k "$expr")
 args+=("$@")
 
@@ -43,7 +43,8 @@ failed=0
 began=$(date +%s)
 for ((i = 1; i <= runs; i++)); do
   start=$(date +%s)
-  "$pytest" "${args[@]}" >"$logs/run-$i.log" 2>&1
+  # its own --basetemp: pytest prunes all but the newest three basetemps of the user, other people's runs included
+  "$pytest" "${args[@]}" --basetemp="$logs/tmp-$i" >"$logs/run-$i.log" 2>&1
   rc=$?
   took=$(( $(date +%s) - start ))
   summary=$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)|(passed|failed|skipped|deselected|error)[^ ]* in [0-9.]+s' \
@@ -51,11 +52,12 @@ for ((i = 1; i <= runs; i++)); do
   if [ "$rc" -eq 0 ] && [[ $summary =~ [0-9]+\ passed ]]; then
     passed=$((passed + 1))
     printf 'run %d/%d: pass  %4ds  %s\n' "$i" "$runs" "$took" "$summary"
+    find "$logs/tmp-$i" -maxdepth 1 -name 'kafka*' -type d -exec rm -rf {} +  # keep the workers' logs, not the log segments
   else
     failed=$((failed + 1))
     printf 'run %d/%d: FAIL  %4ds  %s (exit %d)\n' "$i" "$runs" "$took" "${summary:-no summary}" "$rc"
     grep -E '^(FAILED|ERROR) |^E   ' "$logs/run-$i.log" | head -n 40 | sed 's/^/    /'
-    echo "    full log: $logs/run-$i.log"
+    echo "    full log: $logs/run-$i.log; workers' logs: $logs/tmp-$i/"
     break
   fi
 done

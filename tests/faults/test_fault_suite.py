@@ -26,8 +26,12 @@ The abandon window (a shop setting) is chosen per fault. A checkout is judged ab
 events' occurred_at, and the simulator stamps all of a scenario's events when it generates them (1 ms apart) while
 the driver spreads them over the load's ~6 s: a paid cart is rightly reported abandoned when its order.status
 reaches the cart service later than occurred_at + window. So each window covers the load's length plus that
-fault's outage (kill, broker: 30 s; PostgreSQL down 30 s: 60 s; rebalance: 15 s; mail sink, which delays no
-order.status: 12 s).
+fault's outage (kill, broker: 30 s; PostgreSQL down 30 s: 75 s; mail sink, which delays no order.status: 12 s;
+rebalance: 60 s, since eight workers share the two cores and a cart worker taking over partitions first restores its
+faust tables from their changelogs: on the shared 2-core machine that load took 23 s instead of 6, and cart was
+9 s without a worker for half its partitions). A checkout reported abandoned because the window was too short for
+the machine shows up as "abandoned checkouts differ: unexpected ..." with "recovery" mails no rule implies, and the
+assertion names each phase's duration.
 """
 
 from __future__ import annotations
@@ -101,12 +105,12 @@ async def test_postgres_stopped_for_30s_mid_load(stack: FaultStack, postgres_ser
         await asyncio.to_thread(postgres_server.stop)
         try:
             seen["health"] = await hold(stack, DB_OUTAGE_SECONDS)
+            print(f"\npostgres down {DB_OUTAGE_SECONDS:.0f}s: {seen['health'].summary()}")
         finally:
             await asyncio.to_thread(postgres_server.start)
 
-    await play(stack, "postgres", 303, fault, abandon_after=60, bad=None)
+    await play(stack, "postgres", 303, fault, abandon_after=75, bad=None)
     health = seen["health"]
-    print(f"\npostgres down {DB_OUTAGE_SECONDS:.0f}s: {health.summary()}")
     assert all(health.not_ready(s) for s in SERVICES), \
         f"a worker never reported ready: false while PostgreSQL was down: {health.summary()}"
 
@@ -163,7 +167,7 @@ async def test_rebalance_two_workers_of_every_service_one_of_each_stopped_mid_lo
         # SIGTERM one worker of each service at once: each leaves its group, its partitions move mid-stream
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in seconds.values()))
 
-    await play(stack, "rebalance", 505, fault, abandon_after=15, before_load=join)
+    await play(stack, "rebalance", 505, fault, abandon_after=60, before_load=join)
 
 
 # --- and then a full replay ---------------------------------------------------------------------------------
