@@ -48,6 +48,7 @@ except ImportError:  # the mutation engine needs nothing
     atheris = None
 
 MODELS: list[type] = []  # filled by _load(), once it is known whether to instrument contracts
+KEYS: list[str] = ["junk", "extra"]  # and every field name of the catalogue, by _load()
 
 
 def _load(instrument: bool) -> None:
@@ -64,6 +65,21 @@ def _load(instrument: bool) -> None:
     from tests.examples import example
 
     MODELS[:] = [spec.model for spec in ALL]
+    KEYS.extend(sorted(set().union(*(_field_names(m.model_json_schema(), set()) for m in MODELS))))
+
+
+def _field_names(schema: Any, found: set[str]) -> set[str]:
+    """Every property name in a JSON Schema, nested models included: keys the mutations add, so optional fields
+    absent from the seeds get values too."""
+    if isinstance(schema, dict):
+        for key, inner in schema.items():
+            if key == "properties" and isinstance(inner, dict):
+                found.update(inner)
+            _field_names(inner, found)
+    elif isinstance(schema, list):
+        for inner in schema:
+            _field_names(inner, found)
+    return found
 
 
 TOKENS: list[bytes] = [
@@ -85,7 +101,9 @@ POISON: list[Any] = [
     "00000000-0000-0000-0000-000000000000", "not-a-uuid", [], {}, [[[]]], {"email": "a@b.c"}, "EUR", "eur",
     "a@b.com, c@d.com", "a" * 65 + "@example.com",
     "x@" + "a" * 250 + ".com", "Ann <a@b.c>", '"q"@b.c', "a@b", "gateway", "pending", "deducted", "\u2028",
-    "\U0001f600", "\ufeff", "a@\u00e9xample.com", "a@xn--.com", "a@[127.0.0.1]", "a.@b.c", "(c)a@b.c",
+    "\U0001f600", "\ufeff", "a@\u00e9xample.com", "a@xn--.com", "a@[127.0.0.1]", "a.@b.c", "(c)a@b.c", "fr-FR", "FR-fr",
+    "fr_FR", "zh-Hant-TW", "x-" + "a" * 40, "en-" + "-".join(["abcdefgh"] * 5), "GB", "UK", "ZZ", [60, 30],
+    [1, 2, 3, 4],
 ]
 
 
@@ -247,7 +265,7 @@ def random_json(rng: random.Random, depth: int = 0) -> Any:
         return rng.choice([None, True, False, 0, ""])
     if pick < 8:
         return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(["a", "email", "sku", "quantity", "x"]): random_json(rng, depth + 1) for _ in range(3)}
+    return {rng.choice(KEYS): random_json(rng, depth + 1) for _ in range(3)}
 
 
 def _places(value: Any, path: tuple = ()) -> list[tuple]:
@@ -276,7 +294,7 @@ def _mutate_tree(rng: random.Random, data: Any) -> bytes | str:
         action = rng.choice(["replace", "replace", "replace", "delete", "add", "nest"])
         if not path:
             if isinstance(data, dict):
-                data[rng.choice(["junk", "event_id", "x"])] = new
+                data[rng.choice(KEYS)] = new
             continue
         parent = data
         for step in path[:-1]:
@@ -292,7 +310,7 @@ def _mutate_tree(rng: random.Random, data: Any) -> bytes | str:
                 inner = [inner] if rng.random() < 0.5 else {"k": inner}
             parent[key] = inner
         elif isinstance(parent, dict):
-            parent[rng.choice(["junk", "name", "email", "extra"])] = new
+            parent[rng.choice(KEYS)] = new
         else:
             parent.append(new)
     text = json.dumps(data, ensure_ascii=rng.random() < 0.5)

@@ -328,8 +328,27 @@ NASTY: list[Any] = [
     "0001-01-01T00:00:00+01:00", "1999-12-31T23:59:59Z", "2000-01-01T00:00:00Z", "2026-11-25T10:00:00",
     "2100-01-01T00:00:00Z", "P1D", 1e11, 1e20, -1e20, 253402300800, -62135596800, str(uuid.UUID(int=0)),
     "not-a-uuid", [], {}, [[]] * 3, {"email": "a@b.c"}, "EUR", "eur", "a@b.com, c@d.com", "ann@example.com",
-    "a" * 65 + "@example.com", "gateway", "pending", "deducted", "\u2028", "\U0001f600",
+    "a" * 65 + "@example.com", "gateway", "pending", "deducted", "\u2028", "\U0001f600", "fr-FR", "FR-fr", "fr_FR",
+    "zh-Hant-TW", "x-" + "a" * 40, "GB", "UK", "ZZ", [60, 30], [1, 2, 3, 4],
 ]
+
+
+def _field_names(schema: Any, found: set[str]) -> set[str]:
+    """Every property name in a JSON Schema, nested models included."""
+    if isinstance(schema, dict):
+        for key, inner in schema.items():
+            if key == "properties" and isinstance(inner, dict):
+                found.update(inner)
+            _field_names(inner, found)
+    elif isinstance(schema, list):
+        for inner in schema:
+            _field_names(inner, found)
+    return found
+
+
+FIELD_NAMES = sorted(set().union(*(_field_names(m.model_json_schema(), set()) for m in MODELS)))
+keys = st.sampled_from(FIELD_NAMES) | tricky_text
+"""Keys to add: mostly the catalogue's own field names, so optional fields absent from the examples get values."""
 
 
 def _places(value: Any, path: tuple = ()) -> list[tuple]:
@@ -358,7 +377,7 @@ def mutated_events(draw: st.DrawFn, model: type) -> bytes | str:
             if action == "replace" and draw(st.booleans()):
                 data = new
             elif isinstance(data, dict):
-                data[draw(tricky_text)] = new
+                data[draw(keys)] = new
             continue
         parent = data
         for step in path[:-1]:
@@ -368,7 +387,7 @@ def mutated_events(draw: st.DrawFn, model: type) -> bytes | str:
         elif action == "delete":
             del parent[path[-1]]
         elif isinstance(parent, dict):
-            parent[draw(tricky_text)] = new
+            parent[draw(keys)] = new
         else:
             parent.append(new)
     text = json.dumps(data, ensure_ascii=draw(st.booleans()))
