@@ -161,6 +161,10 @@ def parser() -> argparse.ArgumentParser:
 
     mail.add_parser(sub, _database_url)
 
+    from orderflow.ops import shops  # shop credentials create|list|revoke
+
+    shops.add_parser(sub, _database_url)
+
     from orderflow.sim.cli import add_simulate_parser  # simulate
     from orderflow.sim.demo import add_demo_parser  # demo
 

@@ -69,9 +69,18 @@ async def migrate(conn: asyncpg.Connection, schema: str, folders: list[Path]) ->
     return applied_now
 
 
+async def migrate_auth(conn: asyncpg.Connection) -> list[str]:
+    """The shared `auth` schema (per-shop credentials, orderflow/auth/migrations), which every service reads."""
+    from orderflow.auth import credentials
+
+    return await migrate(conn, credentials.SCHEMA, [credentials.MIGRATIONS])
+
+
 async def migrate_service(database_url: str, service: str) -> list[str]:
+    """The service's own schema, after the shared `auth` schema (applied by whichever worker starts first)."""
     conn = await asyncpg.connect(database_url)
     try:
+        await migrate_auth(conn)
         return await migrate(conn, service, [RUNTIME_MIGRATIONS, service_migrations(service)])
     finally:
         await conn.close()
@@ -80,7 +89,12 @@ async def migrate_service(database_url: str, service: str) -> list[str]:
 async def migrate_all(database_url: str) -> dict[str, list[str]]:
     from orderflow.services import discover
 
-    return {spec.name: await migrate_service(database_url, spec.name) for spec in discover()}
+    conn = await asyncpg.connect(database_url)
+    try:
+        applied = {"auth": await migrate_auth(conn)}
+    finally:
+        await conn.close()
+    return {**applied, **{spec.name: await migrate_service(database_url, spec.name) for spec in discover()}}
 
 
 def redact(url: str) -> str:

@@ -1,9 +1,12 @@
-"""The back-office HTTP API (DESIGN.md, "Back office HTTP API"). Every route needs the bearer token.
+"""The back-office HTTP API (DESIGN.md, "Back office HTTP API"). Every route needs a bearer token: the operator's
+BACKOFFICE_TOKEN (every shop) or a shop's merchant credential (that shop only; `access.py`).
 
 A refused change is 409 with the reason; repeating a change the order already has is 200 with `"changed": false`.
 
-Order ids are unique within a shop only: a route naming an order is scoped by the shop (`?shop_id=`). Without it,
-the order id is looked up in every shop: found in one, that one; in several, 409 listing the shops.
+Order ids are unique within a shop only: a route naming an order is scoped by the shop. A merchant's requests are
+scoped to the merchant's shop: another shop's order is 404 exactly like a missing one, and naming another shop
+(`?shop_id=`, `PUT /shops/{other}`) finds nothing. The operator names the shop with `?shop_id=`; without it, the
+order id is looked up in every shop: found in one, that one; in several, 409 listing the shops.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from contracts.base import Email, LongText, Model, Text
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
 from services.orders import core
 from services.orders import repository as repo
+from services.orders.access import Access, principal_of
 
 if TYPE_CHECKING:
     import asyncpg
@@ -109,12 +113,21 @@ def ambiguous_response(exc: Ambiguous) -> web.Response:
     return json_response({"error": exc.message, "shops": exc.shops}, status=409)
 
 
+NOWHERE = ""
+"""The shop a merchant's request reaches when it names another shop: no shop id is empty, so nothing is found."""
+
+
 def requested_shop(request: web.Request) -> str | None:
-    """The shop a request names (`?shop_id=`), or None for every shop."""
-    return request.query.get("shop_id") or None
+    """The shop a request may reach: the operator's named shop (`?shop_id=`) or None for every shop; a merchant's
+    own shop, or NOWHERE when the request names another one."""
+    named = request.query.get("shop_id") or None
+    principal = principal_of(request)
+    if principal.operator:
+        return named
+    return principal.shop_id if named in (None, principal.shop_id) else NOWHERE
 
 
-def add_routes(rt: Runtime, orders: Orders) -> None:
+def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     async def list_orders(request: web.Request) -> web.Response:
         tab = request.query.get("tab", "pending")
         if tab not in repo.TABS:
@@ -122,8 +135,8 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         page = int_param(request, "page", 1, 1, 1_000_000)
         per_page = int_param(request, "per_page", 50, 1, MAX_PER_PAGE)
         q = request.query.get("q", "").strip() or None
-        shop_id = request.query.get("shop_id") or None
-        found, total, counts = await repo.list_orders(await rt.pool(), tab, q, shop_id, page, per_page)
+        found, total, counts = await repo.list_orders(await rt.pool(), tab, q, requested_shop(request), page,
+                                                      per_page)
         return json_response({"orders": [o.summary() for o in found], "total": total, "page": page,
                               "per_page": per_page, "counts": counts})
 
@@ -191,6 +204,9 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
     async def put_shop(request: web.Request) -> web.Response:
         body = await read_json(request, ShopBody)
         shop_id = request.match_info["shop_id"]
+        principal = principal_of(request)
+        if not principal.operator and shop_id != principal.shop_id:
+            raise ApiError(404, "no such shop")
         try:
             settings = ShopSettings(event_id=uuid.uuid4(), occurred_at=now(), shop_id=shop_id,
                                     **body.model_dump())
@@ -207,9 +223,12 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         stored = await rt.run_unit(work, wait_for_dependencies=False)
         return json_response(stored.model_dump(mode="json", exclude={"event_id", "occurred_at"}))
 
-    rt.http.route("GET", "/orders", list_orders)
-    rt.http.route("GET", "/orders/{order_id}", get_order)
-    rt.http.route("POST", "/orders/{order_id}/status", set_status)
-    rt.http.route("POST", "/orders/{order_id}/payment", set_payment)
-    rt.http.route("POST", "/orders/{order_id}/messages", send_message)
-    rt.http.route("PUT", "/shops/{shop_id}", put_shop)
+    def route(method: str, path: str, handler: Any) -> None:
+        rt.http.route(method, path, access.api(handler), auth=False)  # auth: the operator or the shop's merchant
+
+    route("GET", "/orders", list_orders)
+    route("GET", "/orders/{order_id}", get_order)
+    route("POST", "/orders/{order_id}/status", set_status)
+    route("POST", "/orders/{order_id}/payment", set_payment)
+    route("POST", "/orders/{order_id}/messages", send_message)
+    route("PUT", "/shops/{shop_id}", put_shop)

@@ -32,6 +32,7 @@ class Orders:
 def build(settings: Settings) -> Runtime:
     from orderflow.runtime.app import Runtime
     from services.orders import api, web
+    from services.orders.access import Access
 
     rt = Runtime(settings)
     metrics = handlers.OrdersMetrics(rt.metrics.registry)
@@ -42,8 +43,9 @@ def build(settings: Settings) -> Runtime:
     rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings, batch=100)
     rt.consume(topics.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=500)
     orders = Orders(rt, metrics)
-    api.add_routes(rt, orders)
-    web.add_routes(rt, orders)  # the back-office pages under /backoffice
+    access = Access(rt)  # BACKOFFICE_TOKEN (every shop) or a shop's merchant credential, shared by API and pages
+    api.add_routes(rt, orders, access)
+    web.add_routes(rt, orders, access)  # the back-office pages under /backoffice
     return rt
 
 

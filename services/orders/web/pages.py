@@ -2,7 +2,10 @@
 
 The pages run the same use cases as the JSON API (services/orders/api.py): the repository reads and writes, the
 pure core decides — including which buttons an order shows — and every event leaves through the outbox.
-Sign-in sets an HttpOnly, SameSite=Strict cookie holding an HMAC-signed session (never the token); every POST
+Sign-in takes the operator's BACKOFFICE_TOKEN (every shop) or a shop's merchant credential (that shop only: the shop
+fields disappear, another shop's order is "No such order"), at most 10 failed tries a minute per address. It sets an
+HttpOnly, SameSite=Strict cookie holding an HMAC-signed session (never the token; a merchant's session names its
+credential, checked on every request, so revoking it signs the merchant out at once); every POST
 carries the session's CSRF token in a hidden field. A form that emits an event carries a one-off `form_id`, from
 which the event id is derived, so a form submitted twice emits the same event twice and consumers drop the repeat.
 
@@ -28,11 +31,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, StockAdjusted, derived_event_id, now
+from orderflow.auth.credentials import OPERATOR, Principal
 from orderflow.runtime.http import ApiError
 from services.orders import core
 from services.orders import repository as repo
-from services.orders.api import Ambiguous, MessageBody, ShopBody, find_order, order_view
-from services.orders.web.session import SessionKeys
+from services.orders.access import PRINCIPAL, Access, address, principal_of
+from services.orders.api import Ambiguous, MessageBody, ShopBody, find_order, order_view, requested_shop
+from services.orders.web.session import MERCHANT_SCOPE, OPERATOR_SCOPE, Session, SessionKeys
 
 if TYPE_CHECKING:
     import asyncpg
@@ -115,26 +120,44 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def add_routes(rt: Runtime, orders: Orders) -> None:
+def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     keys = SessionKeys(rt.settings.backoffice_token)
     templates = _environment()
     css = (HERE / "static" / "backoffice.css").read_bytes()
 
     def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
         section = {"order.html": "orders"}.get(template, template.removesuffix(".html"))
-        html = templates.get_template(template).render(session=request.get("session"), section=section, **context)
+        principal: Principal | None = request.get(PRINCIPAL)
+        merchant_shop = principal.shop_id if principal is not None and not principal.operator else None
+        html = templates.get_template(template).render(session=request.get("session"), section=section,
+                                                       merchant_shop=merchant_shop, **context)
         return web.Response(text=html, status=status, content_type="text/html", headers=HEADERS)
 
+    async def principal_for(session: Session) -> Principal | None:
+        """Who the session is, if its credential is still live (a revoked one ends the session at once)."""
+        if session.scope == OPERATOR_SCOPE:
+            return OPERATOR
+        if session.credential_id is not None:
+            return await access.verifier.by_id(session.credential_id, "merchant")
+        return None
+
+    def own_shop(request: web.Request, named: str) -> str:
+        """The shop a stock or settings page is about: the merchant's own; the one the operator named."""
+        principal = principal_of(request)
+        return named if principal.operator else principal.shop_id or ""
+
     def signed_in(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):  # noqa: ANN202
-        """A page for signed-in merchants; a POST must also carry the session's CSRF token."""
+        """A page for the signed-in operator or merchant; a POST must also carry the session's CSRF token."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             session = keys.open(request.cookies.get(COOKIE))
-            if session is None:
+            principal = await principal_for(session) if session is not None else None
+            if session is None or principal is None:
                 if request.method == "GET":
                     raise web.HTTPSeeOther(f"{PREFIX}/login")
                 return render(request, "login.html", status=401, error="Your session ended: please sign in again.")
             request["session"] = session
+            request[PRINCIPAL] = principal
             if request.method == "POST" and not keys.csrf_ok(session, (await request.post()).get("csrf")):
                 return render(request, "message.html", status=403, title="Form expired",
                               text="This form was not sent from this back office, or your session changed. "
@@ -149,15 +172,27 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
     # --- sign-in ----------------------------------------------------------------------------------------------
 
     async def login_page(request: web.Request) -> web.StreamResponse:
-        if keys.open(request.cookies.get(COOKIE)):
+        session = keys.open(request.cookies.get(COOKIE))
+        if session is not None and await principal_for(session) is not None:
             raise web.HTTPSeeOther(f"{PREFIX}/orders")
         return render(request, "login.html", error=None)
 
     async def login(request: web.Request) -> web.StreamResponse:
-        if not keys.token_matches((await form(request)).get("token", "")):
-            return render(request, "login.html", status=401, error="That token is not the back-office token.")
+        who = address(request)
+        if (wait := access.throttle.retry_after(who)) > 0:
+            response = render(request, "login.html", status=429,
+                              error=f"Too many sign-in attempts from this address: try again in {math.ceil(wait)} s.")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
+        token = (await form(request)).get("token", "").strip()
+        principal = await access.verifier.principal(token, kinds=("merchant",))
+        if principal is None:
+            access.throttle.record(who)  # a wrong token: 10 a minute per address (the API's count too)
+            return render(request, "login.html", status=401,
+                          error="That is not the back-office token, nor a live merchant credential.")
+        scope = OPERATOR_SCOPE if principal.operator else f"{MERCHANT_SCOPE}{principal.credential_id}"
         response = web.HTTPSeeOther(f"{PREFIX}/orders")
-        response.set_cookie(COOKIE, keys.issue(), path=PREFIX, httponly=True, samesite="Strict",
+        response.set_cookie(COOKIE, keys.issue(scope=scope), path=PREFIX, httponly=True, samesite="Strict",
                             secure=request.secure, max_age=keys.lifetime)
         raise response
 
@@ -179,10 +214,10 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
         tab = request.query.get("tab", "pending")
         tab = tab if tab in repo.TABS else "pending"
         q = request.query.get("q", "").strip()[:200]
-        shop_id = request.query.get("shop_id", "").strip()
+        shop_id = request.query.get("shop_id", "").strip() if principal_of(request).operator else ""
         page = int(p) if (p := request.query.get("page", "1")).isdigit() and 0 < int(p) < 1_000_000 else 1
-        found, total, counts = await repo.list_orders(await rt.pool(), tab, q or None, shop_id or None, page,
-                                                      PER_PAGE)
+        found, total, counts = await repo.list_orders(await rt.pool(), tab, q or None, requested_shop(request),
+                                                      page, PER_PAGE)
         return render(request, "orders.html", tab=tab, q=q, shop_id=shop_id, page=page, orders=found,
                       total=total, counts=counts, pages=max(1, math.ceil(total / PER_PAGE)))
 
@@ -190,7 +225,7 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
                          conn: asyncpg.Connection | asyncpg.Pool) -> repo.Order | web.StreamResponse:
         """The order the URL names (`/orders/{order_id}?shop_id=`), or the page saying why not."""
         try:
-            return await find_order(conn, request.match_info["order_id"], request.query.get("shop_id") or None)
+            return await find_order(conn, request.match_info["order_id"], requested_shop(request))
         except Ambiguous as exc:
             return render(request, "message.html", status=409, title="Which shop?",
                           text=f"Several shops have an order with this id: {', '.join(exc.shops)}. "
@@ -297,7 +332,7 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
 
     async def stock_page(request: web.Request, *, error: str | None = None, status: int = 200,
                          shop_id: str | None = None) -> web.StreamResponse:
-        shop_id = (shop_id if shop_id is not None else request.query.get("shop_id", "")).strip()
+        shop_id = own_shop(request, (shop_id if shop_id is not None else request.query.get("shop_id", "")).strip())
         levels, total, problem = await stock_levels(shop_id) if shop_id else ([], 0, None)
         return render(request, "stock.html", status=status, shop_id=shop_id, levels=levels, total=total,
                       problem=problem, error=error, notice=NOTICES.get(request.query.get("done", "")),
@@ -305,7 +340,8 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
 
     async def post_stock(request: web.Request) -> web.StreamResponse:
         data = await form(request)
-        shop_id, sku, form_id = data.get("shop_id", "").strip(), data.get("sku", "").strip(), data.get("form_id", "")
+        shop_id = own_shop(request, data.get("shop_id", "").strip())
+        sku, form_id = data.get("sku", "").strip(), data.get("form_id", "")
         amount = data.get("amount", "").strip()
         if not FORM_ID.match(form_id):
             return await stock_page(request, error="Reload the page and try again.", status=400, shop_id=shop_id)
@@ -331,7 +367,7 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
 
     async def shop_page(request: web.Request, *, error: str | None = None, status: int = 200,
                         values: dict[str, Any] | None = None) -> web.StreamResponse:
-        shop_id = request.query.get("shop_id", "").strip()
+        shop_id = own_shop(request, request.query.get("shop_id", "").strip())
         if values is None:
             values = {"shop_id": shop_id}
             if shop_id:
@@ -341,7 +377,7 @@ def add_routes(rt: Runtime, orders: Orders) -> None:
 
     async def post_shop(request: web.Request) -> web.StreamResponse:
         data = await form(request)
-        shop_id = data.get("shop_id", "").strip()
+        shop_id = own_shop(request, data.get("shop_id", "").strip())
         delay = data.get("abandon_after_seconds", "").strip()
         values = {"shop_id": shop_id, "name": data.get("name", "").strip(),
                   "merchant_email": data.get("merchant_email", "").strip(),

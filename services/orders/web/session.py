@@ -1,7 +1,9 @@
 """Back-office sign-in sessions and CSRF tokens, derived from BACKOFFICE_TOKEN with HMAC (pure, no I/O).
 
-The cookie never holds the token: it holds `issued.nonce.signature`, signed with a key derived from the token.
-Nothing is stored server-side, so changing BACKOFFICE_TOKEN signs every merchant out. The CSRF token of a session
+The cookie never holds the token: it holds `issued.nonce.scope.signature`, signed with a key derived from the token.
+`scope` says who signed in: `operator` (BACKOFFICE_TOKEN) or `merchant-<credential_id>` (a shop's merchant
+credential; the pages check on every request that it is still live, so revoking it signs that merchant out at
+once). Nothing else is stored server-side, so changing BACKOFFICE_TOKEN signs everyone out. The CSRF token of a session
 is another HMAC of its nonce: a form posted from another site cannot know it (and SameSite=Strict keeps the cookie
 off cross-site requests in the first place).
 """
@@ -17,10 +19,20 @@ from dataclasses import dataclass
 SESSION_SECONDS = 12 * 3600
 
 
+OPERATOR_SCOPE = "operator"
+MERCHANT_SCOPE = "merchant-"
+
+
 @dataclass(frozen=True)
 class Session:
     nonce: str
     csrf: str
+    scope: str = OPERATOR_SCOPE
+
+    @property
+    def credential_id(self) -> str | None:
+        """The merchant credential this session was opened with (None for the operator)."""
+        return self.scope.removeprefix(MERCHANT_SCOPE) if self.scope.startswith(MERCHANT_SCOPE) else None
 
 
 class SessionKeys:
@@ -36,22 +48,24 @@ class SessionKeys:
     def _sign(self, *parts: str) -> str:
         return hmac.new(self._key, ".".join(parts).encode(), hashlib.sha256).hexdigest()
 
-    def issue(self, now: float | None = None) -> str:
-        """A new cookie value for a merchant who has just typed the right token."""
+    def issue(self, now: float | None = None, scope: str = OPERATOR_SCOPE) -> str:
+        """A new cookie value for someone who has just typed the right token (`scope`: who they are)."""
+        if "." in scope:
+            raise ValueError("a session scope has no dot")
         issued = str(int(time.time() if now is None else now))
         nonce = secrets.token_urlsafe(18)
-        return f"{issued}.{nonce}.{self._sign('session', issued, nonce)}"
+        return f"{issued}.{nonce}.{scope}.{self._sign('session', issued, nonce, scope)}"
 
     def open(self, cookie: str | None, now: float | None = None) -> Session | None:
         """The session a cookie proves, or None (absent, forged, expired, or signed with another token)."""
-        if not cookie or cookie.count(".") != 2:
+        if not cookie or cookie.count(".") != 3:
             return None
-        issued, nonce, signature = cookie.split(".")
-        if not hmac.compare_digest(signature, self._sign("session", issued, nonce)):
+        issued, nonce, scope, signature = cookie.split(".")
+        if not hmac.compare_digest(signature, self._sign("session", issued, nonce, scope)):
             return None
         if not issued.isdigit() or (time.time() if now is None else now) - int(issued) > self.lifetime:
             return None
-        return Session(nonce=nonce, csrf=self._sign("csrf", nonce))
+        return Session(nonce=nonce, csrf=self._sign("csrf", nonce), scope=scope)
 
     @staticmethod
     def csrf_ok(session: Session, given: str | None) -> bool:

@@ -1,0 +1,1 @@
+"""Per-shop credentials shared by the services (schema "auth"); see `credentials.py`."""
