@@ -22,6 +22,7 @@ Infinity are accepted by the parser but refused by every integer field (no field
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -39,6 +40,8 @@ _MAX_REASON = 1000
 _BOM = b"\xef\xbb\xbf"
 _NOT_SKELETON = bytes(b for b in range(256) if b not in b'[]{}"')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
+_ROUNDS = 4
+_STEP = [1 if b == ord("[") else -1 if b == ord("]") else 0 for b in range(256)]
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 
@@ -67,10 +70,12 @@ def _describe(errors: list) -> str:
 
 def _too_deep(raw: bytes | bytearray) -> bool:
     """True when arrays/objects nest deeper than MAX_DEPTH. Free for most events: fewer brackets than MAX_DEPTH cannot
-    nest deeper. Otherwise, with C-level bytes methods only: escaped backslashes and quotes are dropped, then every
-    byte but quotes and brackets (`{}` made `[]`), then strings (empty ones at once; pieces between quotes when a
-    string held a bracket), then innermost `[]` pairs round by round. Exact for well-formed JSON; what it misjudges is
-    not well formed, and the parser refuses it anyway. A 500-line order.placed (32 KB): ~60 µs."""
+    nest deeper. Otherwise, with C-level bytes methods: escaped backslashes and quotes are dropped, then every byte but
+    quotes and brackets (`{}` made `[]`), then strings (empty ones at once; pieces between quotes when a string held a
+    bracket); a few rounds remove innermost `[]` pairs (each round lowers the depth by exactly one, and an event is
+    about 3 deep), and what is left, if anything, is measured in one pass. Exact for well-formed JSON; what it misjudges
+    is not well formed, and the parser refuses it anyway. Costs ~20 µs for a 500-line order (32 KB), ~40 ms at most
+    (512 KB of brackets)."""
     if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
         return False
     if b"\\" in raw:
@@ -79,14 +84,11 @@ def _too_deep(raw: bytes | bytearray) -> bool:
     bare = skeleton.replace(b'""', b"")
     if b'"' in bare:  # a string holds a bracket (or the value is not JSON): strings are the odd pieces
         bare = b"".join(skeleton.split(b'"')[::2])
-    for _ in range(MAX_DEPTH):
+    for _ in range(_ROUNDS):
         if not bare:
             return False
-        reduced = bare.replace(b"[]", b"")
-        if len(reduced) == len(bare):
-            return False  # not well formed: the parser says where
-        bare = reduced
-    return bool(bare)
+        bare = bare.replace(b"[]", b"")
+    return bool(bare) and max(accumulate(map(_STEP.__getitem__, bare))) > MAX_DEPTH - _ROUNDS
 
 
 def _refusal(exc: ValidationError) -> ContractError:
