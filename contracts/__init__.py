@@ -1,8 +1,10 @@
-"""orderflow's event contracts: the models of every topic, the topic catalogue, the codec and a producer."""
+"""orderflow's event contracts (v1.1): the models of every topic, the topic catalogue, the codec and a producer."""
 
 from contracts.base import Event, derived_event_id, new_event_id, now
 from contracts.codec import ContractError, decode, decode_for, encode
 from contracts.events import (
+    VERSION,
+    Address,
     CartCustomer,
     CartItem,
     CartUpdated,
@@ -22,17 +24,19 @@ from contracts.events import (
     OrderStatusChanged,
     Payment,
     PaymentConfirmed,
+    PaymentRefunded,
     PaymentStatus,
+    ShippingChoice,
     ShopSettings,
     StockAdjusted,
 )
 from contracts.topics import ALL, BY_NAME, INPUTS, MAX_EVENT_BYTES, OUTPUTS, TopicSpec, spec_for
 
 __all__ = [
-    "ALL", "BY_NAME", "INPUTS", "MAX_EVENT_BYTES", "OUTPUTS", "CartCustomer", "CartItem", "CartUpdated",
-    "ChangedBy", "CheckoutAbandoned", "CheckoutStarted", "ContractError", "Customer", "CustomerMessageRequested",
-    "DeductionKind", "DeductionLine", "Event", "InventoryDeduction", "InventoryLevel", "OrderCancelRequested",
-    "OrderItem", "OrderPlaced", "OrderStatus", "OrderStatusChanged", "Payment", "PaymentConfirmed",
-    "PaymentStatus", "ShopSettings", "StockAdjusted", "TopicSpec", "decode", "decode_for", "derived_event_id",
-    "encode", "new_event_id", "now", "spec_for",
+    "ALL", "BY_NAME", "INPUTS", "MAX_EVENT_BYTES", "OUTPUTS", "VERSION", "Address", "CartCustomer", "CartItem",
+    "CartUpdated", "ChangedBy", "CheckoutAbandoned", "CheckoutStarted", "ContractError", "Customer",
+    "CustomerMessageRequested", "DeductionKind", "DeductionLine", "Event", "InventoryDeduction", "InventoryLevel",
+    "OrderCancelRequested", "OrderItem", "OrderPlaced", "OrderStatus", "OrderStatusChanged", "Payment",
+    "PaymentConfirmed", "PaymentRefunded", "PaymentStatus", "ShippingChoice", "ShopSettings", "StockAdjusted",
+    "TopicSpec", "decode", "decode_for", "derived_event_id", "encode", "new_event_id", "now", "spec_for",
 ]

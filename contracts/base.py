@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -72,6 +73,60 @@ def _utc(value: datetime) -> datetime:
     return utc
 
 
+def _bcp47_case(tag: str) -> str:
+    """RFC 5646's recommended casing: language lower, script title, region upper (`zh-hant-tw` -> `zh-Hant-TW`)."""
+    parts = tag.split("-")
+    out = [parts[0].lower()]
+    for part in parts[1:]:
+        if len(part) == 4 and part.isalpha():
+            out.append(part.title())
+        elif (len(part) == 2 and part.isalpha()) or (len(part) == 3 and part.isdigit()):
+            out.append(part.upper())
+        else:
+            out.append(part.lower())
+    return "-".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _babel_knows(tag: str) -> bool:
+    """Whether Babel (CLDR) has data for the tag; cached, since a worker sees few distinct locales. Babel is imported
+    here, not at module load: `import contracts` stays light for tools that never read a locale."""
+    from babel import Locale
+
+    try:
+        Locale.parse(tag, sep="-")
+    except Exception:  # noqa: BLE001 - UnknownLocaleError is not a ValueError; any failure means Babel cannot use it
+        return False
+    return True
+
+
+def _known_locale(value: str) -> str:
+    tag = _bcp47_case(value)
+    if not _babel_knows(tag):
+        raise ValueError("must be a BCP 47 language tag with locale data (Babel/CLDR), e.g. fr, fr-FR, zh-Hant-TW")
+    return tag
+
+
+_NOT_ISO_3166_1 = frozenset({"AC", "CP", "CQ", "DG", "EA", "EU", "EZ", "IC", "QO", "TA", "UN", "XA", "XB", "XK", "ZZ"})
+"""Two-letter CLDR territories that are not assigned ISO 3166-1 alpha-2 codes: exceptionally reserved (AC, CP, DG,
+EA, EU, EZ, IC, TA, UN), user-assigned (CQ, QO, XA, XB, XK) and unknown (ZZ)."""
+
+
+@functools.cache
+def iso_countries() -> frozenset[str]:
+    """The ISO 3166-1 alpha-2 codes (249 in CLDR 47), from Babel's CLDR territory data."""
+    from babel import Locale
+
+    return frozenset(code for code in Locale("en").territories
+                     if len(code) == 2 and code.isalpha() and code.isupper()) - _NOT_ISO_3166_1
+
+
+def _iso_country(value: str) -> str:
+    if value not in iso_countries():
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code (FR, GB, US...)")
+    return value
+
+
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^/\s]+$"), AfterValidator(_no_control_chars)
 ]
@@ -91,6 +146,19 @@ Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Cents = Annotated[int, Field(ge=0, le=MAX_INT)]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 """An RFC 3339 timestamp with its offset, normalised to UTC, between 2000-01-01T00:00:00Z and 24 h from now."""
+Note = Annotated[str, StringConstraints(max_length=2_000), AfterValidator(_no_control_chars_but_lines)]
+"""A customer's free text of several lines (an order's note): tab, CR and LF kept, other control characters refused."""
+LocaleTag = Annotated[
+    str, StringConstraints(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,5}$"),
+    AfterValidator(_known_locale),
+]
+"""A BCP 47 language tag (`fr`, `fr-FR`, `zh-Hant-TW`) that Babel has locale data for, normalised to RFC 5646's
+casing (`FR-fr` is read as `fr-FR`). Only hyphens: `fr_FR` is a POSIX name, not BCP 47."""
+Country = Annotated[
+    str, StringConstraints(pattern=r"^[A-Z]{2}$"), AfterValidator(_iso_country),
+    Field(description="ISO 3166-1 alpha-2 country code, upper case"),
+]
+"""An ISO 3166-1 alpha-2 code, upper case: `GB`, not `UK` or `gb`."""
 
 
 class Model(BaseModel):

@@ -1,207 +1,171 @@
-"""Every event of contract v1, inputs (storefronts, gateways, back office) and outputs (the services)."""
+"""Every event of the current contract, v1.1: the v1 models (`contracts/v1.py`, frozen) with optional fields only.
+
+Contract v1.1 (DESIGN.md, "Contract v1.1"): a v1 producer's messages stay valid and mean what they meant. Each model
+that gained fields extends its v1 model, so the v1 fields keep their types, bounds and validators by construction;
+the models v1.1 left alone are v1's own classes. What is new:
+
+- `order.placed`: `shipping_address`, `billing_address`, `shipping`, `discount_cents`, `tax_cents`, `note`, `locale`;
+- `checkout.started`: `marketing_consent` (default false);
+- `shop.settings`: `locale` (default `en`), `expire_unpaid_after_seconds` (default 7 days),
+  `recovery_reminders_seconds`, `recovery_requires_consent` (default false), `manage_stock` (default true);
+- `order.status`: payment statuses `partially_refunded` and `refunded`; `refunded_cents`, `refund_due_cents`
+  (default 0);
+- the input topic `payment.refunded` (`PaymentRefunded`).
+
+Bounds as everywhere else (`contracts/base.py`): money ≤ MAX_INT cents, texts bounded and free of control characters,
+lists bounded, durations bounded.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
+from contracts import v1
 from contracts.base import (
     MAX_INT,
     Cents,
+    Country,
     Currency,
-    Email,
     Event,
     Identifier,
-    LongText,
+    LocaleTag,
     Model,
-    Sku,
+    Note,
     Text,
-    Url,
-    UtcDatetime,
+)
+from contracts.v1 import (
+    CartCustomer,
+    CartItem,
+    CartUpdated,
+    ChangedBy,
+    CheckoutAbandoned,
+    Customer,
+    CustomerMessageRequested,
+    DeductionKind,
+    DeductionLine,
+    InventoryDeduction,
+    InventoryLevel,
+    OrderCancelRequested,
+    OrderItem,
+    OrderStatus,
+    Payment,
+    PaymentConfirmed,
+    StockAdjusted,
 )
 
+VERSION = "1.1"
 
-class OrderStatus(StrEnum):
-    INCOMPLETE = "incomplete"
-    PENDING = "pending"
-    PROCESSED = "processed"
-    DELIVERED = "delivered"
-    CANCELED = "canceled"
+__all__ = [
+    "VERSION", "Address", "CartCustomer", "CartItem", "CartUpdated", "ChangedBy", "CheckoutAbandoned",
+    "CheckoutStarted", "Customer", "CustomerMessageRequested", "DeductionKind", "DeductionLine", "InventoryDeduction",
+    "InventoryLevel", "OrderCancelRequested", "OrderItem", "OrderPlaced", "OrderStatus", "OrderStatusChanged",
+    "Payment", "PaymentConfirmed", "PaymentRefunded", "PaymentStatus", "ShippingChoice", "ShopSettings",
+    "StockAdjusted",
+]
+
+DAY = 24 * 3600
+
+Line = Annotated[Text, Field(min_length=1)]
+"""One line of an address or a label: 1-500 characters, no control characters."""
+Phone = Annotated[Text, Field(min_length=1, max_length=64)]
+PostalCode = Annotated[Text, Field(max_length=32)]
+ReminderDelay = Annotated[int, Field(gt=0, le=30 * DAY)]
 
 
 class PaymentStatus(StrEnum):
+    """v1's three statuses, then v1.1's two refund statuses."""
+
     INCOMPLETE = "incomplete"
     AWAITING = "awaiting"
     PAID = "paid"
-
-
-class ChangedBy(StrEnum):
-    SYSTEM = "system"
-    MERCHANT = "merchant"
-    CUSTOMER = "customer"
-
-
-class DeductionKind(StrEnum):
-    DEDUCTED = "deducted"
-    RETURNED = "returned"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
 
 
 # --- parts -------------------------------------------------------------------------------------------------
 
 
-class CartCustomer(Model):
-    customer_id: Identifier | None = None
-    email: Email | None = None
-    name: Text | None = None
+class Address(Model):
+    """A postal address as a label shows it. `postal_code` may be empty where a country has none (e.g. HK)."""
+
+    name: Line
+    line1: Line
+    line2: Text | None = None
+    postal_code: PostalCode
+    city: Line
+    region: Text | None = None
+    country: Country
+    phone: Phone | None = None
 
 
-class Customer(Model):
-    email: Email
-    name: Text | None = None
-    customer_id: Identifier | None = None
+class ShippingChoice(Model):
+    """How the order travels and what the customer pays for it."""
 
-
-class CartItem(Model):
-    sku: Sku
-    quantity: int = Field(ge=0, le=100_000)
-    name: Text | None = None
-    unit_price_cents: Cents | None = None
-
-
-class OrderItem(Model):
-    sku: Sku
-    name: Text
-    quantity: int = Field(gt=0, le=100_000)
-    unit_price_cents: Cents
-
-
-class Payment(Model):
-    method: Literal["gateway", "manual"]
-    provider: Identifier
-
-
-class DeductionLine(Model):
-    sku: Sku
-    asked: int = Field(ge=0, le=MAX_INT)
-    moved: int = Field(ge=0, le=MAX_INT)
+    method: Line
+    carrier: Text | None = None
+    cost_cents: Cents
 
 
 # --- inputs --------------------------------------------------------------------------------------------------
 
 
-class CartUpdated(Event):
-    """The whole cart as it now is: a snapshot, not a delta."""
-
-    cart_id: Identifier
-    customer: CartCustomer = CartCustomer()
-    items: list[CartItem] = Field(max_length=500)
+class CheckoutStarted(v1.CheckoutStarted):
+    marketing_consent: bool = Field(default=False, description="whether the customer agreed to reminder e-mails")
 
 
-class CheckoutStarted(Event):
-    cart_id: Identifier
-    customer: Customer
-    items: list[CartItem] = Field(max_length=500)
-    total_cents: Cents
-    currency: Currency
+class OrderPlaced(v1.OrderPlaced):
+    shipping_address: Address | None = None
+    billing_address: Address | None = None
+    shipping: ShippingChoice | None = None
+    discount_cents: Cents | None = None
+    tax_cents: Cents | None = None
+    note: Note | None = Field(default=None, description="the customer's note, up to 2,000 characters")
+    locale: LocaleTag | None = Field(default=None, description="the customer's language, BCP 47 (fr-FR)")
 
 
-class OrderPlaced(Event):
+class ShopSettings(v1.ShopSettings):
+    locale: LocaleTag = Field(default="en", description="the shop's language, BCP 47; mails and back office")
+    expire_unpaid_after_seconds: int = Field(default=7 * DAY, gt=0, le=365 * DAY,
+                                             description="unpaid gateway orders are canceled (expired) after this")
+    recovery_reminders_seconds: list[ReminderDelay] | None = Field(
+        default=None, min_length=1, max_length=3,
+        description="one recovery e-mail per entry, in seconds after checkout.started, strictly increasing; the "
+                    "first entry replaces abandon_after_seconds when both are given",
+    )
+    recovery_requires_consent: bool = Field(default=False,
+                                            description="no recovery e-mail without the customer's marketing_consent")
+    manage_stock: bool = Field(default=True, description="false: no stock checks, unknown SKUs never refused")
+
+    @field_validator("recovery_reminders_seconds")
+    @classmethod
+    def _strictly_increasing(cls, reminders: list[int] | None) -> list[int] | None:
+        if reminders is not None and any(a >= b for a, b in zip(reminders, reminders[1:], strict=False)):
+            raise ValueError("entries must be strictly increasing (one reminder per delay)")
+        return reminders
+
+
+class PaymentRefunded(Event):
+    """A gateway (or the merchant through the back office) refunded part or all of a payment; deduplicated by
+    (shop_id, order_id, refund_id)."""
+
     order_id: Identifier
-    cart_id: Identifier
-    customer: Customer
-    items: list[OrderItem] = Field(min_length=1, max_length=500)
-    total_cents: Cents
-    currency: Currency
-    payment: Payment
-
-
-class PaymentConfirmed(Event):
-    """May arrive more than once, and before its order.placed."""
-
-    order_id: Identifier
-    payment_id: Identifier
-    amount_cents: Cents
+    refund_id: Identifier
+    amount_cents: int = Field(gt=0, le=MAX_INT)
     currency: Currency
     provider: Identifier
-
-
-class StockAdjusted(Event):
-    """A merchant's restock (delta) or count (set_to); exactly one of the two."""
-
-    sku: Sku
-    delta: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
-    set_to: int | None = Field(default=None, ge=0, le=1_000_000_000)
-    reason: Text | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one_change(self) -> StockAdjusted:
-        if (self.delta is None) == (self.set_to is None):
-            raise ValueError("exactly one of delta or set_to is required")
-        return self
-
-
-class ShopSettings(Event):
-    name: Text = Field(min_length=1)
-    merchant_email: Email
-    abandon_after_seconds: int | None = Field(default=None, gt=0, le=30 * 24 * 3600)
-    ignore_incomplete_orders: bool = True
-
-
-class OrderCancelRequested(Event):
-    order_id: Identifier
     reason: Text | None = None
 
 
 # --- outputs -------------------------------------------------------------------------------------------------
 
 
-class OrderStatusChanged(Event):
+class OrderStatusChanged(v1.OrderStatusChanged):
     """One per real change of an order's status or payment status (topic `order.status`)."""
 
-    order_id: Identifier
-    cart_id: Identifier | None = None
-    status: OrderStatus
     payment_status: PaymentStatus
-    previous_status: OrderStatus | None = None
     previous_payment_status: PaymentStatus | None = None
-    changed_by: ChangedBy
-    reason: Text | None = None
-    customer: Customer
-    items: list[OrderItem]
-    total_cents: Cents
-    currency: Currency
-    payment: Payment
-
-
-class InventoryLevel(Event):
-    sku: Sku
-    available: int = Field(ge=0, le=MAX_INT)
-    updated_at: UtcDatetime
-
-
-class InventoryDeduction(Event):
-    """One per order and kind; a line with moved < asked is a shortfall."""
-
-    order_id: Identifier
-    kind: DeductionKind
-    lines: list[DeductionLine]
-
-
-class CheckoutAbandoned(Event):
-    cart_id: Identifier
-    customer: Customer
-    items: list[CartItem]
-    started_at: UtcDatetime
-    order_id: Identifier | None = None
-    recovery_url: Url
-
-
-class CustomerMessageRequested(Event):
-    """A merchant's free-text message about an order, to be mailed to its customer (topic `order.message`)."""
-
-    order_id: Identifier
-    message_id: Identifier
-    text: LongText
-    customer: Customer
+    refunded_cents: Cents = Field(default=0, description="what has been refunded so far")
+    refund_due_cents: Cents = Field(default=0, description="what a canceled paid order still owes the customer")

@@ -55,6 +55,9 @@ SHOP_SETTINGS = TopicSpec(
 ORDER_CANCEL_REQUESTED = TopicSpec(
     "order.cancel_requested", ev.OrderCancelRequested, _by("order_id"), "order_id", "storefront"
 )
+PAYMENT_REFUNDED = TopicSpec(
+    "payment.refunded", ev.PaymentRefunded, _by("order_id"), "order_id", "payment gateway, back office"
+)
 ORDER_STATUS = TopicSpec("order.status", ev.OrderStatusChanged, _by("order_id"), "order_id", "orders")
 ORDER_MESSAGE = TopicSpec("order.message", ev.CustomerMessageRequested, _by("order_id"), "order_id", "orders")
 INVENTORY_LEVELS = TopicSpec(
@@ -75,6 +78,7 @@ INPUTS: tuple[TopicSpec, ...] = (
     STOCK_ADJUSTED,
     SHOP_SETTINGS,
     ORDER_CANCEL_REQUESTED,
+    PAYMENT_REFUNDED,
 )
 OUTPUTS: tuple[TopicSpec, ...] = (
     ORDER_STATUS,

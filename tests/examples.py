@@ -45,6 +45,8 @@ _FACTORIES: dict[type[c.Event], Callable[[], dict[str, Any]]] = {
     c.ShopSettings: lambda: {"name": "Ada's Mugs", "merchant_email": "shop@example.com",
                              "abandon_after_seconds": 600, "ignore_incomplete_orders": True},
     c.OrderCancelRequested: lambda: {"order_id": _id("order"), "reason": "changed my mind"},
+    c.PaymentRefunded: lambda: {"order_id": _id("order"), "refund_id": _id("refund"), "amount_cents": 1250,
+                                "currency": "EUR", "provider": "paypal", "reason": "one mug arrived broken"},
     c.OrderStatusChanged: lambda: {"order_id": _id("order"), "cart_id": _id("cart"), "status": "pending",
                                    "payment_status": "paid", "previous_status": "incomplete",
                                    "previous_payment_status": "incomplete", "changed_by": "system",

@@ -17,7 +17,8 @@ from contracts.schema_export import SCHEMA_DIR, schemas
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20)
 names = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=40)
 emails = st.builds(lambda a, b: f"{a}@{b}.example", ids, ids)
-when = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+when = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime.now(UTC).replace(tzinfo=None),
+                   timezones=st.just(UTC))  # the contract's bounds: 2000-01-01 to 24 h from now
 envelope = {"event_id": st.uuids(), "occurred_at": when, "shop_id": ids}
 cents = st.integers(min_value=0, max_value=10**9)
 order_items = st.lists(
@@ -27,6 +28,12 @@ order_items = st.lists(
 cart_items = st.lists(st.builds(contracts.CartItem, sku=ids, quantity=st.integers(0, 1000)), max_size=5)
 customer = st.builds(contracts.Customer, email=emails, name=st.none() | names)
 payment = st.builds(contracts.Payment, method=st.sampled_from(["gateway", "manual"]), provider=ids)
+lines = names.filter(bool)
+address = st.builds(contracts.Address, name=lines, line1=lines, line2=st.none() | names, postal_code=ids,
+                    city=lines, region=st.none() | names, country=st.sampled_from(["FR", "BE", "JP", "US", "GB"]),
+                    phone=st.none() | st.just("+33 1 23 45 67 89"))
+shipping = st.builds(contracts.ShippingChoice, method=lines, carrier=st.none() | names, cost_cents=cents)
+locales = st.sampled_from(["fr", "fr-FR", "FR-be", "en-GB", "ja-JP", "zh-hant-TW", "de-CH"])
 
 MODELS = {
     contracts.CartUpdated: st.builds(contracts.CartUpdated, cart_id=ids, items=cart_items, **envelope),
@@ -34,7 +41,13 @@ MODELS = {
                                          total_cents=cents, currency=st.just("EUR"), **envelope),
     contracts.OrderPlaced: st.builds(contracts.OrderPlaced, order_id=ids, cart_id=ids, customer=customer,
                                      items=order_items, total_cents=cents, currency=st.just("USD"), payment=payment,
-                                     **envelope),
+                                     shipping_address=st.none() | address, billing_address=st.none() | address,
+                                     shipping=st.none() | shipping, discount_cents=st.none() | cents,
+                                     tax_cents=st.none() | cents, note=st.none() | names,
+                                     locale=st.none() | locales, **envelope),
+    contracts.PaymentRefunded: st.builds(contracts.PaymentRefunded, order_id=ids, refund_id=ids,
+                                         amount_cents=st.integers(1, 10**12), currency=st.just("JPY"), provider=ids,
+                                         reason=st.none() | names, **envelope),
     contracts.PaymentConfirmed: st.builds(contracts.PaymentConfirmed, order_id=ids, payment_id=ids, amount_cents=cents,
                                           currency=st.just("EUR"), provider=ids, **envelope),
     contracts.StockAdjusted: st.one_of(
