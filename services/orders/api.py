@@ -11,6 +11,7 @@ order id is looked up in every shop: found in one, that one; in several, 409 lis
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +45,10 @@ class PaymentBody(Model):
 
 class MessageBody(Model):
     text: LongText
+    message_id: str | None = None  # the client's id for this message: a retry with the same id sends nothing new
+
+
+CLIENT_MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ShopBody(Model):
@@ -183,7 +188,11 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     async def send_message(request: web.Request) -> web.Response:
         body = await read_json(request, MessageBody)
         order_id = request.match_info["order_id"]
-        message_id = uuid.uuid4().hex
+        # A client that retries sends the same Idempotency-Key (or body `message_id`): the same message id, the same
+        # derived event id and the same mail key (notify's (ref, "message:<id>")), so the customer gets one mail.
+        message_id = request.headers.get("Idempotency-Key") or body.message_id or uuid.uuid4().hex
+        if not CLIENT_MESSAGE_ID.fullmatch(message_id):
+            raise ApiError(400, "Idempotency-Key / message_id: 1 to 64 letters, digits, '-' or '_'")
         shop_id = requested_shop(request)
 
         async def work(uow: UnitOfWork) -> None:

@@ -255,3 +255,30 @@ async def test_put_shop_settings_emits_them_and_drives_placement(
     await producer.send(order)
     view = await order_when(api, order.order_id, lambda o: True, "the order of a shop that shows incomplete ones")
     assert (view["status"], view["payment_status"]) == ("pending", "awaiting")
+
+
+async def test_a_merchant_message_retried_with_its_idempotency_key_is_one_message(
+        api: httpx.AsyncClient, producer: StorefrontProducer, kafka_bootstrap: str) -> None:
+    order = example(OrderPlaced, order_id=f"msg-{uuid.uuid4().hex[:8]}")
+    await producer.send(order)
+    await order_when(api, order.order_id, lambda o: True, "the order")
+    path = f"/orders/{order.order_id}/messages"
+    tail = await TopicTail(kafka_bootstrap, topics.ORDER_MESSAGE.name).start()
+    try:
+        key = f"retry-{uuid.uuid4().hex[:8]}"
+        first = await api.post(path, json={"text": "Your parcel left today."}, headers={"Idempotency-Key": key})
+        again = await api.post(path, json={"text": "Your parcel left today."}, headers={"Idempotency-Key": key})
+        other = await api.post(path, json={"text": "And a second note.", "message_id": f"{key}-2"})
+        assert [r.status_code for r in (first, again, other)] == [202, 202, 202]
+        assert first.json()["message_id"] == again.json()["message_id"] == key
+        assert other.json()["message_id"] == f"{key}-2"
+        records = await tail.until(lambda rs: len([r for r in rs if r.key == order.order_id.encode()]) >= 3,
+                                   "three order.message events")
+        mine = [json.loads(r.value) for r in records if r.key == order.order_id.encode()]
+        # The retry carries the same event id and message id: notify keys the mail by (ref, message:<id>), once.
+        assert len({m["event_id"] for m in mine}) == 2
+        assert sorted(m["message_id"] for m in mine) == sorted([key, key, f"{key}-2"])
+        bad = await api.post(path, json={"text": "x"}, headers={"Idempotency-Key": "not valid!"})
+        assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["error"]
+    finally:
+        await tail.stop()
