@@ -56,7 +56,7 @@ for ((i = 1; i <= runs; i++)); do
   else
     failed=$((failed + 1))
     printf 'run %d/%d: FAIL  %4ds  %s (exit %d)\n' "$i" "$runs" "$took" "${summary:-no summary}" "$rc"
-    grep -E '^(FAILED|ERROR) |^E   ' "$logs/run-$i.log" | head -n 40 | sed 's/^/    /'
+    grep -E '^(FAILED|ERROR) tests/|^E   ' "$logs/run-$i.log" | head -n 40 | sed 's/^/    /'
     echo "    full log: $logs/run-$i.log; workers' logs: $logs/tmp-$i/"
     break
   fi
