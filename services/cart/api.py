@@ -1,11 +1,19 @@
 """GET /carts/{cart_id}: the cart as the storefront shows it, read from PostgreSQL so any worker can answer.
 
-No back-office token: the storefront calls it for its customer, and the cart id (an unguessable id the storefront
-chose) is the capability. Items out of stock stay listed with quantity_shown 0 and "out of stock".
+Cart ids are unique within a shop only, and a cart holds a customer's e-mail and name, so the view needs one of:
+- the shop's **storefront key** (`Authorization: Bearer ofs_…`, `orderflow shop credentials create SHOP --kind
+  storefront`): that shop's carts, with the customer;
+- a recovery link's **signed token** (`?shop_id=…&token=…`, see `recovery.py`): that one cart, without the customer;
+- the operator's **BACKOFFICE_TOKEN** (support): any shop's cart (`?shop_id=`; without it, 409 when several shops
+  use the id), without the customer.
+Otherwise 401. Another shop's cart is 404 like a missing one. Failed keys and tokens count against the address's
+budget (10 a minute, then 429). Items out of stock stay listed with quantity_shown 0 and "out of stock".
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
@@ -13,27 +21,67 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
-from orderflow.runtime.http import ApiError, json_response
-from services.cart import repository
+from orderflow.auth.credentials import Throttle, Verifier
+from orderflow.runtime.http import ApiError, error, json_response
+from services.cart import recovery, repository
 from services.cart.core import LineStatus, show_cart
+
+MISSING = "a storefront key (Authorization: Bearer ofs_…), a recovery link's token (?shop_id=&token=) or the " \
+          "operator's token is needed"
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
 
 
 def cart_view_handler(pool: Callable[[], Awaitable[asyncpg.Pool]], out_of_stock_shown: Counter,
+                      verifier: Verifier, recovery_key: bytes, throttle: Throttle | None = None,
                       ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    throttle = throttle or Throttle()
+
+    def refused(who: str) -> web.Response:
+        throttle.record(who)
+        return error(401, MISSING)
+
     async def get_cart(request: web.Request) -> web.Response:
         cart_id = request.match_info["cart_id"]
+        named = request.query.get("shop_id") or None
+        who = request.remote or "unknown"
+        if (wait := throttle.retry_after(who)) > 0:
+            response = error(429, "too many failed keys or tokens from this address; try again shortly")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
         db = await pool()
-        shop_id = request.query.get("shop_id")
-        if not shop_id:
-            shops = await repository.shops_with_cart(db, cart_id)
-            if len(shops) > 1:
-                raise ApiError(409, f"cart {cart_id!r} exists in several shops: name one with ?shop_id=")
-            shop_id = shops[0] if shops else ""
+        bearer = _bearer(request)
+        if bearer is not None:
+            principal = await verifier.principal(bearer, kinds=("storefront",))
+            if principal is None:
+                return refused(who)
+            with_customer = principal.kind == "storefront"
+            if principal.operator:
+                shops = [named] if named else await repository.shops_with_cart(db, cart_id)
+                if len(shops) > 1:
+                    return json_response({"error": f"cart {cart_id!r} exists in several shops: name one with "
+                                                   "?shop_id=", "shops": shops}, status=409)
+                shop_id = shops[0] if shops else ""
+            elif named not in (None, principal.shop_id):
+                raise ApiError(404, f"no cart {cart_id!r}")
+            else:
+                shop_id = principal.shop_id or ""
+        elif "token" in request.query:
+            if named is None or not recovery.verify(recovery_key, request.query["token"], named, cart_id, time.time()):
+                return refused(who)
+            shop_id, with_customer = named, False
+        else:
+            return error(401, MISSING)
         cart = await repository.load_cart(db, shop_id, cart_id)
         if cart is None:
             raise ApiError(404, f"no cart {cart_id!r}")
         body = {"cart_id": cart["cart_id"], "shop_id": cart["shop_id"], "status": cart["status"],
-                "customer": cart["customer"], "updated_at": cart["updated_at"]}
+                "updated_at": cart["updated_at"]}
+        if with_customer:
+            body["customer"] = cart["customer"]
         if cart["status"] == "ordered":
             # An order empties the cart; what it held stays visible for reference only.
             body.update(order_id=cart["order_id"], items=[], ordered_items=cart["items"])
@@ -45,3 +93,4 @@ def cart_view_handler(pool: Callable[[], Awaitable[asyncpg.Pool]], out_of_stock_
         return json_response(body)
 
     return get_cart
+

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 from uuid import UUID
 
 from contracts import CartItem, CheckoutAbandoned, Customer, derived_event_id
+from services.cart import recovery
 
 # --- the cart as shown ---------------------------------------------------------------------------------------
 
@@ -182,12 +183,15 @@ def on_order_status(cur: Checkout | None, st: StatusChanged, abandon_after: time
     return None
 
 
-def recovery_url(public_store_url: str, cart_id: str) -> str:
-    """The storefront page that resumes the cart: PUBLIC_STORE_URL/cart/<cart_id>."""
-    return f"{public_store_url.rstrip('/')}/cart/{quote(cart_id, safe='')}"
+def recovery_url(public_store_url: str, shop_id: str, cart_id: str, token: str) -> str:
+    """The storefront page that resumes the cart: PUBLIC_STORE_URL/cart/<cart_id>?shop_id=<shop>&token=<signed>. The
+    storefront passes shop_id and token on to GET /carts/{cart_id}, which opens for them without credentials."""
+    return (f"{public_store_url.rstrip('/')}/cart/{quote(cart_id, safe='')}?"
+            + urlencode({"shop_id": shop_id, "token": token}))
 
 
-def abandoned_event(c: Checkout, public_store_url: str, occurred_at: datetime) -> CheckoutAbandoned:
+def abandoned_event(c: Checkout, public_store_url: str, occurred_at: datetime,
+                    recovery_key: bytes) -> CheckoutAbandoned:
     """The one checkout.abandoned of this checkout; its id is derived from the shop, the checkout (and the unpaid
     order), so a re-send after a crash dedupes downstream."""
     return CheckoutAbandoned(
@@ -200,5 +204,6 @@ def abandoned_event(c: Checkout, public_store_url: str, occurred_at: datetime) -
         items=[CartItem.model_validate(i) for i in c.items],
         started_at=c.started_at or c.order_at or occurred_at,
         order_id=c.order_id,
-        recovery_url=recovery_url(public_store_url, c.cart_id),
+        recovery_url=recovery_url(public_store_url, c.shop_id, c.cart_id, recovery.sign(
+            recovery_key, c.shop_id, c.cart_id, recovery.expiry(c.due_at or c.started_at or occurred_at))),
     )

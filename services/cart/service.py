@@ -22,12 +22,13 @@ import faust
 from faust.exceptions import PartitionsMismatch
 
 from contracts import CartUpdated, CheckoutStarted, ContractError, decode, now, topics
+from orderflow.auth.credentials import Verifier
 from orderflow.runtime.app import Runtime
 from orderflow.runtime.failures import describe
 from orderflow.runtime.unit import UnitOfWork
 from orderflow.services import ServiceSpec
 from orderflow.settings import Settings
-from services.cart import core, handlers, repository
+from services.cart import core, handlers, recovery, repository
 from services.cart.api import cart_view_handler
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def build(settings: Settings) -> Runtime:
     """
     rt = Runtime(settings)
     metrics = handlers.CartMetrics(rt.metrics.registry)
+    recovery_key = recovery.key_from(settings.backoffice_token)  # signs the links of recovery e-mails
     default_after = timedelta(seconds=settings.abandon_after_seconds)
     rt.context = handlers.Context(default_abandon_after=default_after, metrics=metrics)
     partitions = settings.topic_partitions
@@ -120,7 +122,7 @@ def build(settings: Settings) -> Runtime:
         at = now()
         for checkout in claimed:
             try:
-                uow.emit([core.abandoned_event(checkout, settings.public_store_url, at)])
+                uow.emit([core.abandoned_event(checkout, settings.public_store_url, at, recovery_key)])
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the scanner: parked, counted
                 await repository.park_checkout(uow.conn, checkout.shop_id, checkout.cart_id, describe(exc))
                 uow.after_commit(metrics.parked.inc)
@@ -144,7 +146,10 @@ def build(settings: Settings) -> Runtime:
                 next_count = time.monotonic() + 10.0
             await asyncio.sleep(settings.abandon_scan_seconds)
 
-    rt.http.route("GET", "/carts/{cart_id}", cart_view_handler(rt.pool, metrics.out_of_stock_shown), auth=False)
+    # The cart view checks its own credentials: a storefront key, a recovery link's token or BACKOFFICE_TOKEN (api.py).
+    verifier = Verifier(rt.pool, settings.backoffice_token)
+    rt.http.route("GET", "/carts/{cart_id}", cart_view_handler(rt.pool, metrics.out_of_stock_shown, verifier,
+                                                               recovery_key), auth=False)
     return rt
 
 

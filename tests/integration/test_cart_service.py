@@ -103,13 +103,27 @@ async def send(bootstrap: str, *events: c.Event) -> None:
             await fut
 
 
-async def get_cart(worker: WorkerProcess, cart_id: str) -> dict | None:
-    async with httpx.AsyncClient(base_url=worker.url, timeout=10) as client:  # no token: a cart id is a capability
+async def get_cart(worker: WorkerProcess, cart_id: str, key: str | None = None) -> dict | None:
+    """The cart view with the shop's storefront key (customer shown) or, by default, the operator's token."""
+    async with httpx.AsyncClient(base_url=worker.url, timeout=10,
+                                 headers={"Authorization": f"Bearer {key or worker.token}"}) as client:
         r = await client.get(f"/carts/{cart_id}")
     if r.status_code == 404:
         return None
     r.raise_for_status()
     return r.json()
+
+
+async def storefront_key(database_url: str, shop_id: str) -> str:
+    """A storefront key for the shop, as `orderflow shop credentials create SHOP --kind storefront` makes one."""
+    from orderflow.auth import credentials
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        token, _ = await credentials.create(conn, shop_id, "storefront")
+    finally:
+        await conn.close()
+    return token
 
 
 async def read_topic(bootstrap: str, topic: str, keys: set[str]) -> list[tuple[str, bytes]]:
@@ -186,16 +200,17 @@ async def test_cart_survives_restart_and_rebuild_from_topics(
     stale = c.CartUpdated(**envelope(shop, seconds=-60), cart_id=cart_id, items=[])  # older: must not roll back
     worker = start(cart_env, tmp_path, workers)
     await send(kafka_bootstrap, first, newest, stale)
+    key = await storefront_key(database_url, shop)
 
     async def shows_newest() -> dict | None:
-        cart = await get_cart(worker, cart_id)
+        cart = await get_cart(worker, cart_id, key)
         return cart if cart and [i["quantity_asked"] for i in cart["items"]] == [3, 1] else None
 
     before = await async_wait_for(shows_newest, timeout=30, message="the newest snapshot")
     assert before["status"] == "open" and before["customer"] == {"email": "bo@example.com"}
 
     worker.restart()
-    assert await get_cart(worker, cart_id) == before
+    assert await get_cart(worker, cart_id, key) == before
 
     worker.kill()  # rebuild: empty cart view tables, a fresh consumer group re-reads every topic from offset 0
     conn = await asyncpg.connect(database_url)
@@ -207,7 +222,7 @@ async def test_cart_survives_restart_and_rebuild_from_topics(
                                PUBLIC_STORE_URL=STORE_URL), tmp_path, workers, index=1)
 
     async def rebuilt_equal() -> bool:
-        return await get_cart(rebuilt, cart_id) == before
+        return await get_cart(rebuilt, cart_id, key) == before
 
     await async_wait_for(rebuilt_equal, timeout=60, message="the rebuilt cart equal to the one before")
 
@@ -314,7 +329,8 @@ async def test_exactly_thirty_of_fifty_abandoned_through_kill_and_replay(
     await async_wait_for(lambda: settled(database_url, set(carts)), timeout=30, message="all watches decided")
     found = await abandoned(kafka_bootstrap, set(carts))
     assert sorted(a.cart_id for a in found) == sorted(carts[20:])  # exactly one each, none for completed ones
-    assert all(a.recovery_url == f"{STORE_URL}/cart/{a.cart_id}" and a.order_id is None for a in found)
+    assert all(a.recovery_url.startswith(f"{STORE_URL}/cart/{a.cart_id}?shop_id={shop}&token=")
+               and a.order_id is None for a in found)
     assert all(a.customer.email == "ada@example.com" and a.items[0].sku == "MUG-1" for a in found)
 
     worker.kill()  # replay: a fresh consumer group re-reads every topic from offset 0
@@ -342,7 +358,7 @@ async def test_unpaid_gateway_order_is_abandoned_once_and_payment_later_sends_no
 
     one = await async_wait_for(lambda: abandoned(kafka_bootstrap, {cart_id}), timeout=30, message="abandoned")
     assert len(one) == 1 and one[0].order_id == placed.order_id
-    assert json.loads(c.encode(one[0]))["recovery_url"] == f"{STORE_URL}/cart/{cart_id}"
+    assert json.loads(c.encode(one[0]))["recovery_url"].startswith(f"{STORE_URL}/cart/{cart_id}?shop_id={shop}&token=")
 
     await send(kafka_bootstrap, status(placed, c.OrderStatus.PENDING, c.PaymentStatus.PAID))
     await async_wait_for(lambda: _state_is(database_url, cart_id, "paid"), timeout=30, message="paid recorded")

@@ -1,9 +1,10 @@
 """Per-shop credentials on a real orders worker and database: created, listed and revoked with the operator's
 command (`orderflow shop credentials ...`), used on the back-office API and, in headless Chromium, on its pages.
 
-Two shops both have an order 1001. Shop A's merchant credential sees A only: B's order by id is 404 exactly like a
-missing one, the shop field is gone from the pages; a revoked credential is 401 on the very next request; the
-operator's BACKOFFICE_TOKEN sees both (and is told which shops share an id); failed sign-ins are throttled.
+Two shops both have an order with the same id (1001-…). Shop A's merchant credential sees A only: B's order by id
+is 404 exactly like a missing one, the shop field is gone from the pages; a revoked credential is 401 on the very
+next request; the operator's BACKOFFICE_TOKEN sees both (and is told which shops share an id); failed sign-ins are
+throttled.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Shops:
     def __init__(self) -> None:
         self.a, self.b = uid("shop-a"), uid("shop-b")
         self.a_only, self.b_only = uid("a-only"), uid("b-only")
+        self.shared = uid("1001")  # both shops use it (fresh, so no other test's shops share it)
 
 
 def placed(shop_id: str, order_id: str, name: str) -> c.OrderPlaced:
@@ -78,13 +80,13 @@ def placed(shop_id: str, order_id: str, name: str) -> c.OrderPlaced:
 async def shops(kafka_bootstrap: str, orders_worker: WorkerProcess) -> Shops:
     s = Shops()
     async with StorefrontProducer(kafka_bootstrap) as producer:
-        for event in (placed(s.a, "1001", "Alice"), placed(s.b, "1001", "Bruno"), placed(s.a, s.a_only, "Anna"),
+        for event in (placed(s.a, s.shared, "Alice"), placed(s.b, s.shared, "Bruno"), placed(s.a, s.a_only, "Anna"),
                       placed(s.b, s.b_only, "Berta")):
             await producer.send(event)
     async with operator(orders_worker) as api:
         async def all_there() -> bool:
             answers = [await api.get(f"/orders/{o}", params={"shop_id": shop})
-                       for shop, o in ((s.a, "1001"), (s.b, "1001"), (s.a, s.a_only), (s.b, s.b_only))]
+                       for shop, o in ((s.a, s.shared), (s.b, s.shared), (s.a, s.a_only), (s.b, s.b_only))]
             return all(r.status_code == 200 for r in answers)
 
         await async_wait_for(all_there, timeout=90, message="the four orders placed")
@@ -103,12 +105,13 @@ async def test_a_merchant_credential_reaches_its_own_shop_only(orders_worker: Wo
                                                                database_url: str) -> None:
     credential_id, token = create_credential(database_url, shops.a)
     async with as_(orders_worker, token) as a, operator(orders_worker) as op:
-        mine = await a.get("/orders/1001")
+        mine = await a.get(f"/orders/{shops.shared}")
         assert mine.status_code == 200 and mine.json()["customer"]["name"] == "Alice"
         assert mine.json()["shop_id"] == shops.a
 
         missing = await a.get(f"/orders/{uid('nobody')}")
-        for theirs in (await a.get(f"/orders/{shops.b_only}"), await a.get("/orders/1001", params={"shop_id": shops.b}),
+        for theirs in (await a.get(f"/orders/{shops.b_only}"),
+                       await a.get(f"/orders/{shops.shared}", params={"shop_id": shops.b}),
                        await a.post(f"/orders/{shops.b_only}/status", json={"status": "processed"}),
                        await a.post(f"/orders/{shops.b_only}/payment", json={"status": "paid"}),
                        await a.post(f"/orders/{shops.b_only}/messages", json={"text": "hello"})):
@@ -117,7 +120,7 @@ async def test_a_merchant_credential_reaches_its_own_shop_only(orders_worker: Wo
 
         listed = await a.get("/orders", params={"tab": "pending", "per_page": 200})
         assert {o["shop_id"] for o in listed.json()["orders"]} == {shops.a}
-        assert {o["order_id"] for o in listed.json()["orders"]} == {"1001", shops.a_only}
+        assert {o["order_id"] for o in listed.json()["orders"]} == {shops.shared, shops.a_only}
         elsewhere = await a.get("/orders", params={"tab": "pending", "shop_id": shops.b})
         assert elsewhere.json()["orders"] == [] and elsewhere.json()["total"] == 0
         searched = await a.get("/orders", params={"tab": "pending", "q": shops.b_only})
@@ -131,19 +134,21 @@ async def test_a_merchant_credential_reaches_its_own_shop_only(orders_worker: Wo
         assert changed.status_code == 200 and changed.json()["changed"] is True
 
         # the operator sees both shops, and is told which shops share an id
-        ambiguous = await op.get("/orders/1001")
+        ambiguous = await op.get(f"/orders/{shops.shared}")
         assert ambiguous.status_code == 409 and set(ambiguous.json()["shops"]) == {shops.a, shops.b}
-        assert (await op.get("/orders/1001", params={"shop_id": shops.b})).json()["customer"]["name"] == "Bruno"
+        bruno = await op.get(f"/orders/{shops.shared}", params={"shop_id": shops.b})
+        assert bruno.json()["customer"]["name"] == "Bruno"
         assert (await op.get(f"/orders/{shops.b_only}")).status_code == 200
-        both = await op.get("/orders", params={"tab": "pending", "q": "1001", "per_page": 200})
-        assert {(o["shop_id"], o["order_id"]) for o in both.json()["orders"]} >= {(shops.a, "1001"), (shops.b, "1001")}
+        both = await op.get("/orders", params={"tab": "pending", "q": shops.shared, "per_page": 200})
+        assert {(o["shop_id"], o["order_id"]) for o in both.json()["orders"]} == {(shops.a, shops.shared),
+                                                                                (shops.b, shops.shared)}
 
         # revoked: 401 on the very next request
         listing = shop_command(database_url, "list", shops.a)
         assert credential_id in listing.stdout and "active" in listing.stdout
         revoked = shop_command(database_url, "revoke", shops.a, credential_id)
         assert revoked.returncode == 0, revoked.stderr
-        assert (await a.get("/orders/1001")).status_code == 401
+        assert (await a.get(f"/orders/{shops.shared}")).status_code == 401
         assert "revoked" in shop_command(database_url, "list", shops.a).stdout
         again = shop_command(database_url, "revoke", shops.a, credential_id)
         assert again.returncode == 1 and "no active credential" in again.stderr
@@ -155,9 +160,9 @@ async def test_other_tokens_are_refused(orders_worker: WorkerProcess, shops: Sho
     forged = merchant[:-4] + ("AAAA" if not merchant.endswith("AAAA") else "BBBB")
     for token in (storefront, forged, "nothing", "ofm_0000000000000000_" + "x" * 43):
         async with as_(orders_worker, token) as client:
-            assert (await client.get("/orders/1001")).status_code == 401, token
+            assert (await client.get(f"/orders/{shops.shared}")).status_code == 401, token
     async with as_(orders_worker, merchant) as a:
-        assert (await a.get("/orders/1001")).status_code == 200
+        assert (await a.get(f"/orders/{shops.shared}")).status_code == 200
 
 
 @pytest.fixture
@@ -196,20 +201,20 @@ async def test_the_pages_show_a_merchant_its_own_shop_only(orders_worker: Worker
 
     answer = await page.goto(f"{orders_worker.url}/backoffice/orders/{shops.b_only}")
     assert answer.status == 404 and "No such order" in await page.inner_text("main")
-    answer = await page.goto(f"{orders_worker.url}/backoffice/orders/1001?shop_id={shops.b}")
+    answer = await page.goto(f"{orders_worker.url}/backoffice/orders/{shops.shared}?shop_id={shops.b}")
     assert answer.status == 404
-    answer = await page.goto(f"{orders_worker.url}/backoffice/orders/1001")
+    answer = await page.goto(f"{orders_worker.url}/backoffice/orders/{shops.shared}")
     assert answer.status == 200 and "Alice" in await page.inner_text("#customer-name")
 
     assert shop_command(database_url, "revoke", shops.a, credential_id).returncode == 0
-    await page.goto(f"{orders_worker.url}/backoffice/orders/1001")
+    await page.goto(f"{orders_worker.url}/backoffice/orders/{shops.shared}")
     assert page.url.endswith("/backoffice/login"), "a revoked credential's session ends at once"
 
     op = await sign_in(browser, orders_worker, TOKEN)
     assert await op.locator("input[name=shop_id]").count() == 1
-    answer = await op.goto(f"{orders_worker.url}/backoffice/orders/1001")
+    answer = await op.goto(f"{orders_worker.url}/backoffice/orders/{shops.shared}")
     assert answer.status == 409 and shops.b in await op.inner_text("main")
-    answer = await op.goto(f"{orders_worker.url}/backoffice/orders/1001?shop_id={shops.b}")
+    answer = await op.goto(f"{orders_worker.url}/backoffice/orders/{shops.shared}?shop_id={shops.b}")
     assert answer.status == 200 and "Bruno" in await op.inner_text("#customer-name")
 
 

@@ -1,7 +1,9 @@
-"""The storefront guide's examples (docs/examples) run against the real broker and an orders worker applies them.
+"""The storefront guide's examples (docs/examples) run against the real broker, an orders worker and a cart worker.
 
-Each example places an order with a fresh id; the test then waits until the orders service lists that order with
-the example's customer and items. The Node example is skipped where `node`/`npm` are absent, kcat's where `kcat` is.
+Each example fills a cart and places its order with fresh ids, then reads the cart back from the cart service with
+the shop's storefront key, made as the guide says (`orderflow shop credentials create SHOP --kind storefront`); the
+test then waits until the orders service lists that order with the example's customer and items. The Node example
+is skipped where `node`/`npm` are absent, kcat's where `kcat` is.
 """
 
 from __future__ import annotations
@@ -35,14 +37,35 @@ def orders_worker(kafka_bootstrap: str, database_url: str,
     worker.kill()
 
 
-def run_example(command: list[str], kafka_bootstrap: str, cwd: Path = ROOT) -> tuple[str, str]:
-    """Run an example with fresh ids; returns (shop_id, the order id it printed)."""
+@pytest.fixture(scope="module")
+def cart_worker(kafka_bootstrap: str, database_url: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    worker = make_worker("cart", worker_env(kafka_bootstrap, database_url),
+                         tmp_path_factory.mktemp("examples-cart")).start().wait_ready(timeout=120)
+    yield worker
+    worker.kill()
+
+
+def storefront_key(database_url: str, shop_id: str) -> str:
+    """The operator's command, as docs/storefront.md shows it; prints the key once."""
+    done = subprocess.run([sys.executable, "-m", "orderflow.cli", "shop", "credentials", "create", shop_id, "--kind",
+                           "storefront"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[1]
+
+
+def run_example(command: list[str], kafka_bootstrap: str, cart: WorkerProcess, database_url: str,
+                cwd: Path = ROOT) -> tuple[str, str]:
+    """Run an example with fresh ids and the shop's storefront key; returns (shop_id, the order id it printed)."""
     shop_id, order_id = f"shop-{uuid.uuid4().hex[:10]}", f"order-{uuid.uuid4().hex[:12]}"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SHOP_ID": shop_id, "ORDER_ID": order_id,
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), "CART_URL": cart.url, "STOREFRONT_KEY": storefront_key(database_url, shop_id)}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
-    assert done.stdout.strip().splitlines()[-1] == order_id
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == order_id
+    assert lines[-2] in {f"cart cart-{order_id} open", f"cart cart-{order_id} ordered"}, lines
     return shop_id, order_id
 
 
@@ -60,24 +83,29 @@ def assert_placed(worker: WorkerProcess, shop_id: str, order_id: str) -> None:
         assert [o["order_id"] for o in listed["orders"]] == [order_id]
 
 
-def test_python_contracts_producer(kafka_bootstrap: str, orders_worker: WorkerProcess) -> None:
-    shop_id, order_id = run_example([sys.executable, str(EXAMPLES / "place_order.py")], kafka_bootstrap)
+def test_python_contracts_producer(kafka_bootstrap: str, orders_worker: WorkerProcess, cart_worker: WorkerProcess,
+                                   database_url: str) -> None:
+    shop_id, order_id = run_example([sys.executable, str(EXAMPLES / "place_order.py")], kafka_bootstrap, cart_worker,
+                                    database_url)
     assert_placed(orders_worker, shop_id, order_id)
 
 
-def test_kcat_script(kafka_bootstrap: str, orders_worker: WorkerProcess) -> None:
+def test_kcat_script(kafka_bootstrap: str, orders_worker: WorkerProcess, cart_worker: WorkerProcess,
+                     database_url: str) -> None:
     if shutil.which("kcat") is None:
         pytest.skip("kcat is not installed (Debian: apt-get install kcat; `make setup` installs it)")
-    shop_id, order_id = run_example(["bash", str(EXAMPLES / "kcat-place-order.sh")], kafka_bootstrap)
+    shop_id, order_id = run_example(["bash", str(EXAMPLES / "kcat-place-order.sh")], kafka_bootstrap, cart_worker,
+                                    database_url)
     assert_placed(orders_worker, shop_id, order_id)
 
 
-def test_node_kafkajs_producer(kafka_bootstrap: str, orders_worker: WorkerProcess) -> None:
+def test_node_kafkajs_producer(kafka_bootstrap: str, orders_worker: WorkerProcess, cart_worker: WorkerProcess,
+                               database_url: str) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js (node and npm) is not installed; the kafkajs example needs it")
     if not (NODE_DIR / "node_modules" / "kafkajs").is_dir():
         installed = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True,
                                    text=True, timeout=300)
         assert installed.returncode == 0, f"npm ci failed:\n{installed.stderr}"
-    shop_id, order_id = run_example(["node", "produce.mjs"], kafka_bootstrap, cwd=NODE_DIR)
+    shop_id, order_id = run_example(["node", "produce.mjs"], kafka_bootstrap, cart_worker, database_url, cwd=NODE_DIR)
     assert_placed(orders_worker, shop_id, order_id)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from services.cart import recovery
 from services.cart.core import (
     Checkout,
     CheckoutState,
@@ -151,9 +153,30 @@ def test_canceled_status_changes_nothing() -> None:
 def test_abandoned_event_is_deterministic_and_names_the_unpaid_order(order_id: str | None) -> None:
     c = Checkout("cart-1", "shop-1", CheckoutState.OPEN, CUSTOMER, ITEMS, uuid.uuid4(), T0, T0 + AFTER, order_id,
                  T0 if order_id else None)
-    first = abandoned_event(c, "https://shop.example/", T0 + AFTER)
-    again = abandoned_event(c, "https://shop.example/", T0 + 2 * AFTER)
+    key = recovery.key_from("token")
+    first = abandoned_event(c, "https://shop.example/", T0 + AFTER, key)
+    again = abandoned_event(c, "https://shop.example/", T0 + 2 * AFTER, key)
     assert first.event_id == again.event_id
+    assert first.recovery_url == again.recovery_url, "a re-emission carries the same signed link"
     assert first.order_id == order_id
-    assert first.recovery_url == "https://shop.example/cart/cart-1"
-    assert recovery_url("https://s.example", "a b") == "https://s.example/cart/a%20b"
+    link = urlsplit(first.recovery_url)
+    assert (link.scheme, link.netloc, link.path) == ("https", "shop.example", "/cart/cart-1")
+    query = parse_qs(link.query)
+    assert query["shop_id"] == ["shop-1"]
+    assert recovery.verify(key, query["token"][0], "shop-1", "cart-1", now=T0.timestamp())
+    assert recovery_url("https://s.example", "s", "a b", "1.x") == "https://s.example/cart/a%20b?shop_id=s&token=1.x"
+
+
+def test_a_recovery_token_opens_its_own_cart_of_its_own_shop_until_it_expires() -> None:
+    key = recovery.key_from("token")
+    token = recovery.sign(key, "shop-1", "cart-1", T0 + timedelta(days=30))
+    now = T0.timestamp()
+    assert recovery.verify(key, token, "shop-1", "cart-1", now)
+    assert not recovery.verify(key, token, "shop-2", "cart-1", now), "another shop's cart with the same id"
+    assert not recovery.verify(key, token, "shop-1", "cart-2", now), "another cart"
+    assert not recovery.verify(key, token, "shop-1", "cart-1", (T0 + timedelta(days=31)).timestamp()), "expired"
+    assert not recovery.verify(recovery.key_from("other"), token, "shop-1", "cart-1", now), "another deployment"
+    later = token.split(".")[1]
+    assert not recovery.verify(key, f"{int(now) + 10**8}.{later}", "shop-1", "cart-1", now), "expiry moved"
+    for bad in (None, "", "x", "123", "123.", ".abc"):
+        assert not recovery.verify(key, bad, "shop-1", "cart-1", now)
