@@ -9,7 +9,7 @@ the models v1.1 left alone are v1's own classes. What is new:
 - `shop.settings`: `locale` (default `en`), `expire_unpaid_after_seconds` (default 7 days),
   `recovery_reminders_seconds`, `recovery_requires_consent` (default false), `manage_stock` (default true);
 - `order.status`: payment statuses `partially_refunded` and `refunded`; `refunded_cents`, `refund_due_cents`
-  (default 0);
+  (default 0); and the order's own v1.1 fields as order.placed gave them (all optional), for the merchant's mail;
 - the input topic `payment.refunded` (`PaymentRefunded`).
 
 Bounds as everywhere else (`contracts/base.py`): money ≤ MAX_INT cents, texts bounded and free of control characters,
@@ -169,3 +169,12 @@ class OrderStatusChanged(v1.OrderStatusChanged):
     previous_payment_status: PaymentStatus | None = None
     refunded_cents: Cents = Field(default=0, description="what has been refunded so far")
     refund_due_cents: Cents = Field(default=0, description="what a canceled paid order still owes the customer")
+    # What order.placed carried (v1.1), passed on so a consumer (the merchant's new-order mail) can show it; absent
+    # for an order placed without them.
+    shipping_address: Address | None = None
+    billing_address: Address | None = None
+    shipping: ShippingChoice | None = None
+    discount_cents: Cents | None = None
+    tax_cents: Cents | None = None
+    note: Note | None = Field(default=None, description="the customer's note, up to 2,000 characters")
+    locale: LocaleTag | None = Field(default=None, description="the customer's language, BCP 47 (fr-FR)")

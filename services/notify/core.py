@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from contracts import (
+    Address,
     CheckoutAbandoned,
     CustomerMessageRequested,
     DeductionKind,
@@ -26,6 +27,8 @@ PAYMENT_LABELS = {
     PaymentStatus.PAID: "Paid",
     PaymentStatus.AWAITING: "Awaiting payment",
     PaymentStatus.INCOMPLETE: "Not paid",
+    PaymentStatus.PARTIALLY_REFUNDED: "Partially refunded",
+    PaymentStatus.REFUNDED: "Refunded",
 }
 
 SHOP_SETTINGS_GRACE_SECONDS = 60.0
@@ -79,7 +82,17 @@ def money(cents: int, currency: str) -> str:
     return f"{cents // 100}.{cents % 100:02d} {currency}"
 
 
+def address_lines(address: Address | None) -> list[str]:
+    """A postal address as the lines of a parcel label (empty parts left out); [] without an address."""
+    if address is None:
+        return []
+    city = " ".join(part for part in (address.postal_code, address.city) if part)
+    lines = [address.name, address.line1, address.line2, city, address.region, address.country]
+    return [line for line in lines if line] + ([f"Tel. {address.phone}"] if address.phone else [])
+
+
 def _order_context(e: OrderStatusChanged) -> dict[str, Any]:
+    shipping = e.shipping
     return {
         "order_id": e.order_id,
         "customer_name": e.customer.name or "",
@@ -95,6 +108,14 @@ def _order_context(e: OrderStatusChanged) -> dict[str, Any]:
         "payment_method": e.payment.method,
         "payment_provider": e.payment.provider,
         "reason": e.reason or "",
+        # contract v1.1, all optional: empty when the order was placed without them
+        "shipping_address": address_lines(e.shipping_address),
+        "billing_address": address_lines(e.billing_address),
+        "shipping": (f"{shipping.method}{f' ({shipping.carrier})' if shipping.carrier else ''}, "
+                     f"{money(shipping.cost_cents, e.currency)}") if shipping else "",
+        "discount": money(e.discount_cents, e.currency) if e.discount_cents else "",
+        "tax": money(e.tax_cents, e.currency) if e.tax_cents is not None else "",
+        "note": e.note or "",
     }
 
 

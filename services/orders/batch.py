@@ -25,9 +25,11 @@ from contracts import OrderCancelRequested, OrderPlaced, OrderStatusChanged, Pay
 from orderflow.runtime import outbox
 from services.orders.core import Decision, OrderState, PaymentFacts
 from services.orders.repository import (
+    DETAILS,
     Order,
     OrderKey,
     changes_of,
+    details_params,
     insert_history,
     lock_orders,
     update_orders,
@@ -87,6 +89,7 @@ class OrderBatch:
             items=[i.model_dump(mode="json") for i in event.items], total_cents=event.total_cents,
             currency=event.currency, payment_method=event.payment.method, payment_provider=event.payment.provider,
             state=state, payment_mismatch=False, placed_at=event.occurred_at, updated_at=at, version=0,
+            details=event.model_dump(mode="json", include=set(DETAILS), exclude_none=True),
         )
         self.orders[order.key] = order
         self._inserted.add(order.key)
@@ -120,12 +123,14 @@ class OrderBatch:
             await conn.executemany(
                 """INSERT INTO orders (order_id, shop_id, cart_id, customer, customer_email, customer_name, items,
                                        total_cents, currency, payment_method, payment_provider, status,
-                                       payment_status, payment_mismatch, placed_at, version)
-                   VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16)""",
+                                       payment_status, payment_mismatch, placed_at, version, shipping_address,
+                                       billing_address, shipping, discount_cents, tax_cents, note, locale)
+                   VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                           $17::jsonb, $18::jsonb, $19::jsonb, $20, $21, $22, $23)""",
                 [(o.order_id, o.shop_id, o.cart_id, json.dumps(o.customer), o.customer.get("email"),
                   o.customer.get("name"), json.dumps(o.items), o.total_cents, o.currency, o.payment_method,
                   o.payment_provider, o.state.status.value, o.state.payment_status.value, o.payment_mismatch,
-                  o.placed_at, o.version) for o in inserted])
+                  o.placed_at, o.version, *details_params(o.details)) for o in inserted])
         updated = [self.orders[o] for o in sorted(self._changed - self._inserted)]
         if updated:
             await update_orders(conn, updated)

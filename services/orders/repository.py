@@ -12,7 +12,7 @@ race its own order.placed; the lock exists even before the row does, so a held p
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,11 @@ from contracts import (
 )
 from orderflow.runtime import outbox
 from services.orders.core import Decision, OrderState
+
+DETAILS = ("shipping_address", "billing_address", "shipping", "discount_cents", "tax_cents", "note", "locale")
+"""Contract v1.1's optional order.placed fields, each an `orders` column of the same name (migration 003); the
+first three are jsonb."""
+JSON_DETAILS = frozenset({"shipping_address", "billing_address", "shipping"})
 
 OrderKey = tuple[str, str]
 """(shop_id, order_id): an order's identity."""
@@ -59,6 +64,8 @@ class Order:
     placed_at: datetime
     updated_at: datetime
     version: int
+    details: dict[str, Any] = field(default_factory=dict)
+    """Contract v1.1's optional order.placed fields (`DETAILS`) the order was placed with; absent ones left out."""
 
     @property
     def key(self) -> OrderKey:
@@ -73,7 +80,7 @@ class Order:
             payment_provider=row["payment_provider"],
             state=OrderState(OrderStatus(row["status"]), PaymentStatus(row["payment_status"])),
             payment_mismatch=row["payment_mismatch"], placed_at=row["placed_at"], updated_at=row["updated_at"],
-            version=row["version"],
+            version=row["version"], details=details_of(row),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -83,7 +90,24 @@ class Order:
             "payment": {"method": self.payment_method, "provider": self.payment_provider},
             "status": self.state.status.value, "payment_status": self.state.payment_status.value,
             "payment_mismatch": self.payment_mismatch, "placed_at": self.placed_at, "updated_at": self.updated_at,
+            **{name: self.details.get(name) for name in DETAILS},
         }
+
+
+def details_of(row: asyncpg.Record) -> dict[str, Any]:
+    """The v1.1 details of an `orders` row, decoded; a column that is null is left out."""
+    out: dict[str, Any] = {}
+    for name in DETAILS:
+        value = row.get(name)
+        if value is not None:
+            out[name] = json.loads(value) if name in JSON_DETAILS else value
+    return out
+
+
+def details_params(details: dict[str, Any]) -> list[Any]:
+    """The `DETAILS` columns' values in order, jsonb ones as JSON text."""
+    return [None if (v := details.get(name)) is None else json.dumps(v) if name in JSON_DETAILS else v
+            for name in DETAILS]
 
 
 # --- orders and their changes ----------------------------------------------------------------------------------
@@ -144,6 +168,7 @@ def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tup
             items=[OrderItem.model_validate(i) for i in order.items], total_cents=order.total_cents,
             currency=order.currency,
             payment=Payment(method=order.payment_method, provider=order.payment_provider),  # type: ignore[arg-type]
+            **order.details,
         ))
     return rows, events, seq
 

@@ -1,0 +1,147 @@
+"""Contract v1.1 on the orders service, on the real broker and database: an order's addresses, shipping, discount,
+tax, note and locale (issue 17 item 2), refunds (item 3) and the search by payment status (item 6).
+
+Orders arrive the way a storefront sends them (order.placed on the broker); the back office is read through its
+JSON API and, for the order page, in a real headless Chromium.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import contracts as c
+from contracts import OrderPlaced, topics
+from contracts.producer import StorefrontProducer
+from tests.examples import example
+from tests.helpers import async_wait_for
+from tests.integration.test_orders_service import TopicTail, statuses_of
+from tests.workers import WorkerProcess, make_worker, worker_env
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 30.0
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
+
+SHIP_TO = c.Address(name="Léa Martin", line1="12 rue des Lilas", line2="Bâtiment B", postal_code="69003",
+                    city="Lyon", region="Auvergne-Rhône-Alpes", country="FR", phone="+33 6 12 34 56 78")
+BILL_TO = c.Address(name="Martin SARL", line1="3 place Bellecour", postal_code="69002", city="Lyon", country="FR")
+
+
+def v11_fields() -> dict[str, Any]:
+    return {"shipping_address": SHIP_TO, "billing_address": BILL_TO,
+            "shipping": c.ShippingChoice(method="Colissimo domicile", carrier="La Poste", cost_cents=690),
+            "discount_cents": 500, "tax_cents": 417, "note": "Merci de sonner deux fois <b>svp</b>",
+            "locale": "fr-FR"}
+
+
+@pytest.fixture(scope="module")
+def orders_worker(kafka_bootstrap: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[WorkerProcess]:
+    worker = make_worker("orders", worker_env(kafka_bootstrap, database_url, ORDERFLOW_STORE="memory"),
+                         tmp_path_factory.mktemp("orders-v11"))
+    worker.start().wait_ready(timeout=90)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+async def api(orders_worker: WorkerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=orders_worker.url, timeout=10,
+                                 headers={"Authorization": f"Bearer {orders_worker.token}"}) as client:
+        yield client
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[StorefrontProducer]:
+    async with StorefrontProducer(kafka_bootstrap) as p:
+        yield p
+
+
+@pytest.fixture
+async def status_tail(kafka_bootstrap: str, orders_worker: WorkerProcess) -> AsyncIterator[TopicTail]:
+    tail = await TopicTail(kafka_bootstrap, topics.ORDER_STATUS.name).start()
+    yield tail
+    await tail.stop()
+
+
+async def order_when(api: httpx.AsyncClient, order_id: str, ready: Callable[[dict[str, Any]], bool],
+                     message: str, shop_id: str | None = None) -> dict[str, Any]:
+    params = {"shop_id": shop_id} if shop_id else {}
+
+    async def fetch() -> dict[str, Any] | None:
+        r = await api.get(f"/orders/{order_id}", params=params)
+        return r.json() if r.status_code == 200 and ready(r.json()) else None
+
+    return await async_wait_for(fetch, timeout=TIMEOUT, message=message)
+
+
+def manual_order(**overrides: Any) -> OrderPlaced:
+    return example(OrderPlaced, payment=c.Payment(method="manual", provider="cheque"), **overrides)
+
+
+# --- item 2: the order's v1.1 details ----------------------------------------------------------------------------
+
+
+async def test_every_v11_field_round_trips_to_the_api_the_event_and_the_order_page(
+        api: httpx.AsyncClient, producer: StorefrontProducer, status_tail: TopicTail,
+        orders_worker: WorkerProcess) -> None:
+    order = manual_order(**v11_fields())
+    await producer.send(order)
+    view = await order_when(api, order.order_id, lambda o: True, "the v1.1 order to be stored")
+
+    sent = order.model_dump(mode="json", include=set(v11_fields()), exclude_none=True)
+    assert {k: view[k] for k in sent} == sent
+    assert view["shipping_address"]["line2"] == "Bâtiment B" and view["shipping"]["cost_cents"] == 690
+
+    records = await status_tail.until(lambda rs: statuses_of(rs, order.order_id), "its order.status")
+    event = statuses_of(records, order.order_id)[0]
+    assert {k: event[k] for k in sent} == sent  # passed on for the merchant's new-order mail
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium found (Debian: apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is in the dev extra")
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1200, "height": 900})
+            await page.goto(f"{orders_worker.url}/backoffice/login")
+            await page.fill("#token", orders_worker.token)
+            await page.click("button[type=submit]")
+            await page.goto(f"{orders_worker.url}/backoffice/orders/{order.order_id}?shop_id={order.shop_id}")
+            label = [line for line in (await page.inner_text("#shipping-address")).splitlines() if line]
+            assert label == ["Léa Martin", "12 rue des Lilas", "Bâtiment B", "69003 Lyon", "Auvergne-Rhône-Alpes",
+                             "FR", "Tel. +33 6 12 34 56 78"]
+            billing = [line for line in (await page.inner_text("#billing-address")).splitlines() if line]
+            assert billing == ["Martin SARL", "3 place Bellecour", "69002 Lyon", "FR"]
+            assert "Colissimo domicile · La Poste · 6.90" in await page.inner_text("#shipping")
+            assert await page.inner_text("#note") == "Merci de sonner deux fois <b>svp</b>"  # text, not markup
+            assert "5.00" in await page.inner_text("#discount") and "4.17" in await page.inner_text("#tax")
+            OUTPUT.mkdir(exist_ok=True)
+            await page.screenshot(path=str(OUTPUT / "backoffice-order-v11.png"), full_page=True)
+        finally:
+            await browser.close()
+
+
+async def test_a_v1_order_without_them_still_works(api: httpx.AsyncClient, producer: StorefrontProducer,
+                                                   status_tail: TopicTail, orders_worker: WorkerProcess) -> None:
+    order = manual_order()
+    await producer.send(order)
+    view = await order_when(api, order.order_id, lambda o: True, "the v1 order to be stored")
+    assert all(view[k] is None for k in v11_fields())
+    records = await status_tail.until(lambda rs: statuses_of(rs, order.order_id), "its order.status")
+    event = statuses_of(records, order.order_id)[0]
+    assert not any(k in event for k in v11_fields())  # absent, not null: a v1 consumer sees a v1 event
+    async with httpx.AsyncClient(base_url=orders_worker.url) as web:
+        login = await web.post("/backoffice/login", data={"token": orders_worker.token})
+        assert login.status_code in (200, 303), login.text
+        page = await web.get(f"/backoffice/orders/{order.order_id}", params={"shop_id": order.shop_id})
+        assert page.status_code == 200 and 'id="details"' not in page.text
