@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,35 @@ async def fault_stack(kafka_bootstrap: str, database_url: str, mailsink: Any, tm
 # --- the load -----------------------------------------------------------------------------------------------
 
 
+class StampedAtSend:
+    """The storefront producer as `drive` uses it, with each session event's occurred_at set to the moment it is
+    sent (strictly increasing; a repeat of an event id, a redelivery, keeps its first stamp).
+
+    The simulator stamps all of a scenario's events when it generates them, 1 ms apart, and the abandon window
+    counts from occurred_at. A fault that holds the storefront's own sends back (a broker restart blocks the
+    producer; a machine shared with other test runs slows the pacing) then sends a session's checkout and payment
+    after its window has already passed, and the cart service rightly reports it abandoned: the oracle's premise,
+    not the system, fails. Stamped at send time, as a storefront does, a window only has to cover the services'
+    own delay (the fault's outage and the catch-up after it)."""
+
+    def __init__(self, producer: StorefrontProducer) -> None:
+        self._producer = producer
+        self._stamps: dict[uuid.UUID, datetime] = {}
+        self._last: datetime | None = None
+
+    async def send_soon(self, event: Any):  # noqa: ANN201 - the delivery future of StorefrontProducer.send_soon
+        stamp = self._stamps.get(event.event_id)
+        if stamp is None:
+            stamp = datetime.now(UTC)
+            if self._last is not None and stamp <= self._last:
+                stamp = self._last + timedelta(microseconds=1)
+            self._last = self._stamps[event.event_id] = stamp
+        return await self._producer.send_soon(event.model_copy(update={"occurred_at": stamp}))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
 def bad_messages(ns: str) -> list[BadMessage]:
     """Invalid JSON, a negative quantity, a 1 MB value, a negative stock level, an unknown status."""
     cart = CartUpdated(event_id=uuid.uuid4(), occurred_at="2024-05-01T12:00:00Z", shop_id=f"{ns}-shop0",
@@ -234,8 +264,8 @@ async def play(stack: FaultStack, name: str, seed: int, fault: Callable[[], Awai
             if report.sessions_sent >= SESSIONS * FAULT_AT:
                 reached.set()
 
-        load = asyncio.create_task(drive(scenario, producer, Pace(rate=RATE), on_progress=progress,
-                                         send_setup=False))
+        load = asyncio.create_task(drive(scenario, StampedAtSend(producer), Pace(rate=RATE),  # type: ignore[arg-type]
+                                         on_progress=progress, send_setup=False))
         started = time.monotonic()
         waiting = asyncio.create_task(reached.wait())
         await asyncio.wait([load, waiting], return_when=asyncio.FIRST_COMPLETED)

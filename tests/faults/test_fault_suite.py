@@ -23,18 +23,16 @@ deadline; "settled" means no consumer lag, outboxes drained, no mail pending and
 `tests/faults/loop.sh N [-k EXPR]` runs these scenarios N times in a row (not part of `make test`).
 
 The abandon window (a shop setting) is chosen per fault. A checkout is judged abandoned on the wall clock from the
-events' occurred_at, and the simulator stamps all of a scenario's events when it generates them (1 ms apart) while
-the driver spreads them over the load's ~6 s: a paid cart is rightly reported abandoned when its order.status
-reaches the cart service later than occurred_at + window. So each window covers the load's length plus that
-fault's outage, as measured on the shared 2-core machine:
+events' occurred_at; the harness stamps each session event when it is sent (`harness.StampedAtSend`: the simulator
+stamps a whole scenario when it generates it, and a load slowed down by the fault or by a busy machine would then
+send checkouts whose window had already passed). So each window covers that fault's outage plus the catch-up after
+it, as measured on the shared 2-core machine:
 - kill: 30 s;
-- broker: 60 s: the storefront's own sends wait while the broker is down (a restart took 24 s, the load then 41 s
-  instead of 6: with a 30 s window, most of the sessions after the fault were sent after their window had passed);
+- broker: 60 s (a restart took 24 s, once 56 s with other fault runs side by side);
 - PostgreSQL down 30 s: 75 s;
 - mail sink, which delays no order.status: 12 s;
-- rebalance: 60 s: eight workers share the two cores and a cart worker taking over partitions first restores its
-  faust tables from their changelogs (that load took 23 s instead of 6, cart 9 s without a worker for half its
-  partitions).
+- rebalance: 40 s (eight workers on two cores; a cart worker taking partitions over first restores its faust tables
+  from their changelogs, and cart had no worker for half its partitions for 9 s).
 A window too short for the machine shows up as "abandoned checkouts differ: unexpected ..." with "recovery" mails no
 rule implies; the assertion names each phase's duration.
 """
@@ -172,7 +170,7 @@ async def test_rebalance_two_workers_of_every_service_one_of_each_stopped_mid_lo
         # SIGTERM one worker of each service at once: each leaves its group, its partitions move mid-stream
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in seconds.values()))
 
-    await play(stack, "rebalance", 505, fault, abandon_after=60, before_load=join)
+    await play(stack, "rebalance", 505, fault, abandon_after=40, before_load=join)
 
 
 # --- and then a full replay ---------------------------------------------------------------------------------
