@@ -151,6 +151,9 @@ class KafkaHandle:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # The KRaft controller appends a no-op record to the metadata log every 500 ms by default; alone and
+            # idle, that was 3.5 % of a core, 1.9 % without it. Every 5 s keeps the liveness check it serves.
+            "metadata.max.idle.interval.ms": "5000",
             "num.partitions": "8",
             "auto.create.topics.enable": "false",
             "message.max.bytes": str(MAX_MESSAGE_BYTES),

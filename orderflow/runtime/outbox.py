@@ -57,7 +57,9 @@ are parked at once instead of each waiting for the producer's own metadata timeo
 
 _staged = 0
 """Rows this process has staged so far: the runtime wakes the relay after a batch only when this grew, so a batch
-that emitted nothing costs no relay round (the relay still polls every `idle_poll` seconds)."""
+that emitted nothing costs no relay round (the relay still polls every `idle_poll` seconds, and retries after
+`busy_retry` seconds when another worker's relay held the lock, so the rows this one was woken for are not left
+waiting for the long poll)."""
 
 _relays: weakref.WeakSet[OutboxRelay] = weakref.WeakSet()
 
@@ -135,18 +137,25 @@ class RelayRetry(Exception):
 
 class OutboxRelay:
     def __init__(self, pool_factory: Callable[[], Awaitable[asyncpg.Pool]], schema: str, send: Send,
-                 *, batch: int = 500, idle_poll: float = 0.25, on_published: Callable[[int], None] | None = None,
-                 on_parked: Callable[[int], None] | None = None, topic_exists: TopicExists | None = None,
+                 *, batch: int = 500, idle_poll: float = 5.0, busy_retry: float = 0.25,
+                 on_published: Callable[[int], None] | None = None, on_parked: Callable[[int], None] | None = None,
+                 topic_exists: TopicExists | None = None,
                  metadata_wait: float = 30.0, max_backoff: float = 10.0):
         """`topic_exists` bounds the wait for a topic's metadata: a row not queued within `metadata_wait` seconds
         whose topic the check finds missing is parked. Without it the producer's own timeout bounds that wait
-        (`request_timeout_ms`; faust's default is 20 minutes)."""
+        (`request_timeout_ms`; faust's default is 20 minutes).
+
+        `idle_poll` is long: every commit that stages rows wakes the relay, so the poll only picks up what no wake
+        announced (rows released by `orderflow outbox retry`, rows of a relay that stopped). A round that found the
+        advisory lock held by another worker's relay is tried again after `busy_retry` seconds instead."""
         self._pool_factory = pool_factory
         self._schema = schema
         self._lock_key = zlib.crc32(f"orderflow-outbox-{schema}".encode())
         self._send = send
         self._batch = batch
         self._idle_poll = idle_poll
+        self._busy_retry = busy_retry
+        self._lock_busy = False
         self._wake = asyncio.Event()
         self._on_published = on_published or (lambda n: None)
         self._on_parked = on_parked or (lambda n: None)
@@ -185,8 +194,9 @@ class OutboxRelay:
                 await asyncio.sleep(delay)
                 continue
             if handled < self._batch and self._solo is None:
+                wait = self._busy_retry if self._lock_busy else self._idle_poll
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle_poll)
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
                 self._wake.clear()
 
     async def publish_once(self) -> int:
@@ -199,7 +209,8 @@ class OutboxRelay:
         plan = RoundPlan()
         sizes: dict[int, tuple[str, int]] = {}
         async with pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_key):
+            self._lock_busy = not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_key)
+            if self._lock_busy:
                 return 0
             rows = await conn.fetch(
                 "SELECT id, topic, key, value FROM outbox WHERE published_at IS NULL AND parked_at IS NULL "
