@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
-from contracts.base import Email, LongText, Model, Text
+from contracts import ChangedBy, CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
+from contracts.base import MAX_INT, Email, LongText, Model, Text
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
 from services.orders import core
 from services.orders import repository as repo
@@ -49,6 +50,11 @@ class MessageBody(Model):
 
 
 CLIENT_MESSAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class RefundBody(Model):
+    refund_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the client's id: a retry with it refunds nothing more
+    amount_cents: int = Field(gt=0, le=MAX_INT)
 
 
 class ShopBody(Model):
@@ -84,7 +90,8 @@ async def order_view(conn: asyncpg.Connection | asyncpg.Pool, order: repo.Order)
         "stock": stock,
         "payments": await repo.payments(conn, shop_id, order_id),
         "cancel_requests": await repo.cancel_requests(conn, shop_id, order_id),
-        "flags": {"payment_mismatch": order.payment_mismatch,
+        "refunds": await repo.refunds(conn, shop_id, order_id),
+        "flags": {"payment_mismatch": order.payment_mismatch, "refund_due": order.refund_due_cents > 0,
                   "stock_shortfall": any((line["shortfall"] or 0) > 0 for line in stock)},
     }
 
@@ -210,6 +217,47 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
             return ambiguous_response(exc)
         return json_response({"message_id": message_id, "order_id": order_id}, status=202)
 
+    async def post_refund(request: web.Request) -> web.Response:
+        """A refund the merchant made outside a gateway, once per client-supplied refund_id: a repeat answers what
+        the first did (200 unchanged, or 409 with the recorded refusal) and refunds nothing more."""
+        body = await read_json(request, RefundBody)
+        try:
+            shop_id, order_id = (await find_order(await rt.pool(), request.match_info["order_id"],
+                                                  requested_shop(request))).key
+        except Ambiguous as exc:
+            return ambiguous_response(exc)
+
+        async def work(uow: UnitOfWork) -> tuple[repo.Order, bool, str]:
+            order = await repo.lock_order(uow.conn, shop_id, order_id)
+            if order is None:
+                raise ApiError(404, "no such order")
+            new = await repo.record_refunds(uow.conn, [(shop_id, order_id, body.refund_id, body.amount_cents,
+                                                        order.currency, "merchant", None)])
+            if not new:
+                known = await repo.refund_row(uow.conn, shop_id, order_id, body.refund_id)
+                assert known is not None
+                if known["amount_cents"] != body.amount_cents:
+                    raise ApiError(409, f"refund {body.refund_id!r} was already asked for "
+                                        f"{known['amount_cents']} {known['currency']}, not {body.amount_cents}")
+                return order, False, known["outcome"] or ""
+            decided = core.refund(order.state, order.total_cents, order.currency, order.refunded_cents,
+                                  body.amount_cents, order.currency, ChangedBy.MERCHANT, body.refund_id)
+            outcome = core.outcome_text(decided.decision, "applied")
+            await repo.settle_refunds(uow.conn, [(shop_id, order_id, body.refund_id, bool(decided.decision.changes),
+                                                  outcome)])
+            if decided.decision.changes:
+                order = await repo.apply(uow.conn, replace(order, refunded_cents=decided.refunded_cents),
+                                         decided.decision)
+                uow.after_commit(lambda: orders.count([decided.decision]))
+            return order, bool(decided.decision.changes), outcome
+
+        order, changed, outcome = await rt.run_unit(work, wait_for_dependencies=False)
+        if outcome.startswith("refused: "):
+            return json_response({"error": outcome.removeprefix("refused: "), "refund_id": body.refund_id,
+                                  "payment_status": order.state.payment_status,
+                                  "refunded_cents": order.refunded_cents}, status=409)
+        return json_response({**await order_view(await rt.pool(), order), "changed": changed})
+
     async def put_shop(request: web.Request) -> web.Response:
         body = await read_json(request, ShopBody)
         shop_id = request.match_info["shop_id"]
@@ -240,4 +288,5 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     route("POST", "/orders/{order_id}/status", set_status)
     route("POST", "/orders/{order_id}/payment", set_payment)
     route("POST", "/orders/{order_id}/messages", send_message)
+    route("POST", "/orders/{order_id}/refunds", post_refund)
     route("PUT", "/shops/{shop_id}", put_shop)

@@ -168,3 +168,55 @@ def outcome_text(decision: Decision, done: str) -> str:
     if decision.refused:
         return f"refused: {decision.refused}"
     return done if decision.changes else "no change"
+
+
+# --- refunds ----------------------------------------------------------------------------------------------------
+
+PAID_STATUSES = frozenset({PaymentStatus.PAID, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED})
+"""Payment statuses of an order whose payment was taken (a refund may follow)."""
+
+
+def paid_cents(state: OrderState, total_cents: int) -> int:
+    """What the customer paid: the total once a (matching) payment was taken, else nothing."""
+    return total_cents if state.payment_status in PAID_STATUSES else 0
+
+
+def refund_due(state: OrderState, total_cents: int, refunded_cents: int) -> int:
+    """What a canceled paid order still owes the customer: paid minus refunded; 0 for any other order."""
+    if state.status != OrderStatus.CANCELED:
+        return 0
+    return max(0, paid_cents(state, total_cents) - refunded_cents)
+
+
+@dataclass(frozen=True)
+class Refund:
+    decision: Decision
+    refunded_cents: int
+    """What the order has refunded after this refund (unchanged when refused)."""
+
+
+def refund(state: OrderState, total_cents: int, currency: str, refunded_cents: int, amount_cents: int,
+           refund_currency: str, by: ChangedBy, refund_id: str) -> Refund:
+    """A refund (gateway's payment.refunded or the merchant's): paid → partially_refunded → refunded; never more
+    than was paid. Every accepted refund is a change (one history row, one order.status carrying the new
+    refunded_cents), even when the payment status stays partially_refunded. Stock is never touched."""
+    def refused(why: str) -> Refund:
+        return Refund(Decision(state, refused=why), refunded_cents)
+
+    if amount_cents <= 0:
+        return refused("a refund must be more than 0")
+    if state.payment_status not in PAID_STATUSES:
+        return refused(f"the order is not paid (payment {state.payment_status.value}); there is nothing to refund")
+    if refund_currency != currency:
+        return refused(f"the refund is in {refund_currency}; the order was paid in {currency}")
+    paid = paid_cents(state, total_cents)
+    left = paid - refunded_cents
+    if amount_cents > left:
+        return refused(f"a refund of {amount_cents} {currency} is more than is left to refund: {left} {currency} of "
+                       f"{paid} {currency} paid")
+    after = refunded_cents + amount_cents
+    status = PaymentStatus.REFUNDED if after == paid else PaymentStatus.PARTIALLY_REFUNDED
+    who = "by the merchant" if by == ChangedBy.MERCHANT else "by the payment gateway"
+    return Refund(_changed(state, OrderState(state.status, status), by,
+                           f"refund {refund_id} of {amount_cents} {currency} {who} ({after} of {paid} refunded)"),
+                  after)

@@ -10,11 +10,19 @@ order (DESIGN.md, "Shops are tenants").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter
 
-from contracts import InventoryDeduction, OrderCancelRequested, OrderPlaced, PaymentConfirmed, ShopSettings
+from contracts import (
+    ChangedBy,
+    InventoryDeduction,
+    OrderCancelRequested,
+    OrderPlaced,
+    PaymentConfirmed,
+    PaymentRefunded,
+    ShopSettings,
+)
 from orderflow.runtime.unit import UnitOfWork
 from services.orders import core
 from services.orders import repository as repo
@@ -90,6 +98,34 @@ async def payment_confirmed(uow: UnitOfWork, events: list[PaymentConfirmed]) -> 
                              core.outcome_text(decision, "applied"))
         decisions.append(decision)
     await batch.flush(conn)
+    _count_after_commit(uow, decisions)
+
+
+async def payment_refunded(uow: UnitOfWork, events: list[PaymentRefunded]) -> None:
+    """A gateway's refund, once per (shop, order, refund id): applied, or refused with its reason (both recorded).
+    A refund for an order its shop has not placed (yet) is recorded and left held (outcome null)."""
+    conn = uow.conn
+    batch = await OrderBatch.lock(conn, [(e.shop_id, e.order_id) for e in events])
+    new = await repo.record_refunds(conn, [(e.shop_id, e.order_id, e.refund_id, e.amount_cents, e.currency,
+                                            e.provider, e.reason) for e in events])
+    decisions: list[core.Decision] = []
+    outcomes: list[tuple[str, str, str, bool, str]] = []
+    for event in events:
+        key = (event.shop_id, event.order_id)
+        order = batch.orders.get(key)
+        if (*key, event.refund_id) not in new or order is None:
+            continue  # a resend of a known refund, or held
+        new.discard((*key, event.refund_id))
+        decided = core.refund(order.state, order.total_cents, order.currency, order.refunded_cents,
+                              event.amount_cents, event.currency, ChangedBy.SYSTEM, event.refund_id)
+        if decided.decision.changes:
+            batch.apply(replace(order, refunded_cents=decided.refunded_cents), decided.decision)
+        outcomes.append((*key, event.refund_id, bool(decided.decision.changes),
+                         core.outcome_text(decided.decision, "applied")))
+        decisions.append(decided.decision)
+    await batch.flush(conn)
+    if outcomes:
+        await repo.settle_refunds(conn, outcomes)
     _count_after_commit(uow, decisions)
 
 

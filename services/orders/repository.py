@@ -31,6 +31,7 @@ from contracts import (
     now,
 )
 from orderflow.runtime import outbox
+from services.orders import core
 from services.orders.core import Decision, OrderState
 
 DETAILS = ("shipping_address", "billing_address", "shipping", "discount_cents", "tax_cents", "note", "locale")
@@ -65,6 +66,7 @@ class Order:
     updated_at: datetime
     version: int
     details: dict[str, Any] = field(default_factory=dict)
+    refunded_cents: int = 0
     """Contract v1.1's optional order.placed fields (`DETAILS`) the order was placed with; absent ones left out."""
 
     @property
@@ -80,7 +82,7 @@ class Order:
             payment_provider=row["payment_provider"],
             state=OrderState(OrderStatus(row["status"]), PaymentStatus(row["payment_status"])),
             payment_mismatch=row["payment_mismatch"], placed_at=row["placed_at"], updated_at=row["updated_at"],
-            version=row["version"], details=details_of(row),
+            version=row["version"], details=details_of(row), refunded_cents=row.get("refunded_cents") or 0,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -91,7 +93,12 @@ class Order:
             "status": self.state.status.value, "payment_status": self.state.payment_status.value,
             "payment_mismatch": self.payment_mismatch, "placed_at": self.placed_at, "updated_at": self.updated_at,
             **{name: self.details.get(name) for name in DETAILS},
+            "refunded_cents": self.refunded_cents, "refund_due_cents": self.refund_due_cents,
         }
+
+    @property
+    def refund_due_cents(self) -> int:
+        return core.refund_due(self.state, self.total_cents, self.refunded_cents)
 
 
 def details_of(row: asyncpg.Record) -> dict[str, Any]:
@@ -168,6 +175,8 @@ def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tup
             items=[OrderItem.model_validate(i) for i in order.items], total_cents=order.total_cents,
             currency=order.currency,
             payment=Payment(method=order.payment_method, provider=order.payment_provider),  # type: ignore[arg-type]
+            refunded_cents=order.refunded_cents,
+            refund_due_cents=core.refund_due(change.after, order.total_cents, order.refunded_cents),
             **order.details,
         ))
     return rows, events, seq
@@ -187,13 +196,13 @@ async def insert_history(conn: asyncpg.Connection, rows: list[tuple]) -> None:
 
 
 async def update_orders(conn: asyncpg.Connection, orders: list[Order]) -> None:
-    """Write each order's state, version and mismatch flag (the flag is never cleared here)."""
+    """Write each order's state, version, refunded amount and mismatch flag (the flag is never cleared here)."""
     await conn.executemany(
         """UPDATE orders SET status = $3, payment_status = $4, version = $5,
-                             payment_mismatch = payment_mismatch OR $6, updated_at = now()
+                             payment_mismatch = payment_mismatch OR $6, refunded_cents = $7, updated_at = now()
            WHERE shop_id = $1 AND order_id = $2""",
-        [(o.shop_id, o.order_id, o.state.status.value, o.state.payment_status.value, o.version, o.payment_mismatch)
-         for o in orders])
+        [(o.shop_id, o.order_id, o.state.status.value, o.state.payment_status.value, o.version, o.payment_mismatch,
+          o.refunded_cents) for o in orders])
 
 
 async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> Order:
@@ -223,6 +232,42 @@ async def payments(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, order_
     rows = await conn.fetch(
         """SELECT payment_id, amount_cents, currency, provider, received_at, applied, outcome
            FROM payments WHERE shop_id = $1 AND order_id = $2 ORDER BY received_at, payment_id""", shop_id, order_id)
+    return [dict(r) for r in rows]
+
+
+# --- refunds ----------------------------------------------------------------------------------------------------
+
+
+async def record_refunds(conn: asyncpg.Connection, rows: list[tuple[str, str, str, int, str, str, str | None]]
+                         ) -> set[tuple[str, str, str]]:
+    """Keep every refund by (shop, order, refund id): rows of (shop_id, order_id, refund_id, amount_cents, currency,
+    provider, reason); returns the keys not recorded before."""
+    found = await conn.fetch(
+        """INSERT INTO refunds (shop_id, order_id, refund_id, amount_cents, currency, provider, reason)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
+           ON CONFLICT DO NOTHING RETURNING shop_id, order_id, refund_id""",
+        *(list(column) for column in zip(*rows, strict=True)))
+    return {(r["shop_id"], r["order_id"], r["refund_id"]) for r in found}
+
+
+async def settle_refunds(conn: asyncpg.Connection, outcomes: list[tuple[str, str, str, bool, str]]) -> None:
+    """(shop_id, order_id, refund_id, applied, outcome) for each refund decided."""
+    await conn.executemany("UPDATE refunds SET applied = $4, outcome = $5 "
+                           "WHERE shop_id = $1 AND order_id = $2 AND refund_id = $3",
+                           [(*o[:4], o[4][:500]) for o in outcomes])
+
+
+async def refund_row(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, order_id: str,
+                     refund_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT * FROM refunds WHERE shop_id = $1 AND order_id = $2 AND refund_id = $3",
+                              shop_id, order_id, refund_id)
+    return dict(row) if row else None
+
+
+async def refunds(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT refund_id, amount_cents, currency, provider, reason, received_at, applied, outcome
+           FROM refunds WHERE shop_id = $1 AND order_id = $2 ORDER BY received_at, refund_id""", shop_id, order_id)
     return [dict(r) for r in rows]
 
 

@@ -1,5 +1,6 @@
-"""The orders service's wiring: order.placed, payment.confirmed, order.cancel_requested, shop.settings and
-inventory.deductions in; order.status, order.message and shop.settings out; the back-office HTTP API and pages.
+"""The orders service's wiring: order.placed, payment.confirmed, payment.refunded, order.cancel_requested,
+shop.settings and inventory.deductions in; order.status, order.message and shop.settings out; the back-office HTTP
+API and pages.
 
 The rules are in `core.py`, the stream handlers in `handlers.py`, the batch writes in `batch.py`, the SQL in
 `repository.py`, the HTTP surface in `api.py` and `web/`.
@@ -39,6 +40,7 @@ def build(settings: Settings) -> Runtime:
     rt.context = handlers.Context(metrics=metrics)
     rt.consume(topics.ORDER_PLACED, handlers.order_placed, batch=500)
     rt.consume(topics.PAYMENT_CONFIRMED, handlers.payment_confirmed, batch=500)
+    rt.consume(topics.PAYMENT_REFUNDED, handlers.payment_refunded, batch=500)
     rt.consume(topics.ORDER_CANCEL_REQUESTED, handlers.cancel_requested, batch=100)
     rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings, batch=100)
     rt.consume(topics.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=500)

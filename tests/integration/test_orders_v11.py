@@ -145,3 +145,94 @@ async def test_a_v1_order_without_them_still_works(api: httpx.AsyncClient, produ
         assert login.status_code in (200, 303), login.text
         page = await web.get(f"/backoffice/orders/{order.order_id}", params={"shop_id": order.shop_id})
         assert page.status_code == 200 and 'id="details"' not in page.text
+
+
+# --- item 3: refunds -----------------------------------------------------------------------------------------------
+
+
+def gateway_refund(order: OrderPlaced, refund_id: str, amount_cents: int) -> c.PaymentRefunded:
+    return c.PaymentRefunded(event_id=c.new_event_id(), occurred_at=c.now(), shop_id=order.shop_id,
+                             order_id=order.order_id, refund_id=refund_id, amount_cents=amount_cents,
+                             currency=order.currency, provider="paypal")
+
+
+async def paid_order(api: httpx.AsyncClient, producer: StorefrontProducer) -> OrderPlaced:
+    order = manual_order()
+    await producer.send(order)
+    await order_when(api, order.order_id, lambda o: True, "the order to be stored")
+    r = await api.post(f"/orders/{order.order_id}/payment", json={"status": "paid"})
+    assert r.status_code == 200 and r.json()["payment_status"] == "paid", r.text
+    return order
+
+
+async def test_partial_then_full_refund_duplicates_and_over_refund(
+        api: httpx.AsyncClient, producer: StorefrontProducer, status_tail: TopicTail) -> None:
+    order = await paid_order(api, producer)
+    total, oid = order.total_cents, order.order_id
+    assert total >= 3
+
+    first = await api.post(f"/orders/{oid}/refunds", json={"refund_id": "r-1", "amount_cents": 1})
+    assert first.status_code == 200, first.text
+    assert (first.json()["payment_status"], first.json()["refunded_cents"], first.json()["changed"]) == \
+        ("partially_refunded", 1, True)
+    again = await api.post(f"/orders/{oid}/refunds", json={"refund_id": "r-1", "amount_cents": 1})
+    assert again.status_code == 200 and again.json()["changed"] is False and again.json()["refunded_cents"] == 1
+
+    over = await api.post(f"/orders/{oid}/refunds", json={"refund_id": "r-2", "amount_cents": total})
+    assert over.status_code == 409 and "more than is left to refund" in over.json()["error"], over.text
+    over_again = await api.post(f"/orders/{oid}/refunds", json={"refund_id": "r-2", "amount_cents": total})
+    assert over_again.status_code == 409  # the recorded refusal, not a second decision
+
+    # The gateway refunds the rest, and its event arrives twice: applied once.
+    rest = gateway_refund(order, "gw-1", total - 1)
+    await producer.send(rest)
+    await producer.send(rest.model_copy(update={"event_id": c.new_event_id()}))
+    view = await order_when(api, oid, lambda o: o["payment_status"] == "refunded", "the gateway refund")
+    assert view["refunded_cents"] == total and view["status"] == "pending"  # a refund changes no order status
+    by_id = {r["refund_id"]: r for r in view["refunds"]}
+    assert set(by_id) == {"r-1", "r-2", "gw-1"}
+    assert by_id["r-2"]["applied"] is False and by_id["r-2"]["outcome"].startswith("refused: ")
+    assert by_id["gw-1"]["applied"] and by_id["gw-1"]["outcome"] == "applied"
+
+    records = await status_tail.until(
+        lambda rs: any(s["payment_status"] == "refunded" for s in statuses_of(rs, oid)), "order.status refunded")
+    refunds = [s for s in statuses_of(records, oid) if s["payment_status"] in ("partially_refunded", "refunded")]
+    assert [(s["payment_status"], s["refunded_cents"]) for s in refunds] == \
+        [("partially_refunded", 1), ("refunded", total)]
+    history = [h for h in view["history"] if "refund" in h["reason"]]
+    assert len(history) == 2  # r-1 and gw-1; neither the duplicates nor the refused one
+
+
+async def test_a_canceled_paid_order_owes_a_refund_until_refunded(
+        api: httpx.AsyncClient, producer: StorefrontProducer, status_tail: TopicTail) -> None:
+    order = await paid_order(api, producer)
+    oid, total = order.order_id, order.total_cents
+    canceled = await api.post(f"/orders/{oid}/status", json={"status": "canceled"})
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["refund_due_cents"] == total and canceled.json()["flags"]["refund_due"] is True
+    async with httpx.AsyncClient(base_url=str(api.base_url)) as web:
+        await web.post("/backoffice/login", data={"token": api.headers["Authorization"].removeprefix("Bearer ")})
+        page = await web.get(f"/backoffice/orders/{oid}", params={"shop_id": order.shop_id})
+        assert page.status_code == 200 and 'id="refund-due"' in page.text
+    records = await status_tail.until(
+        lambda rs: any(s["status"] == "canceled" for s in statuses_of(rs, oid)), "order.status canceled")
+    assert [s["refund_due_cents"] for s in statuses_of(records, oid) if s["status"] == "canceled"] == [total]
+
+    await producer.send(gateway_refund(order, "gw-all", total))
+    view = await order_when(api, oid, lambda o: o["payment_status"] == "refunded", "the refund of the canceled order")
+    assert view["refund_due_cents"] == 0 and view["flags"]["refund_due"] is False and view["status"] == "canceled"
+    records = await status_tail.until(
+        lambda rs: any(s["payment_status"] == "refunded" for s in statuses_of(rs, oid)), "order.status refunded")
+    last = statuses_of(records, oid)[-1]
+    assert (last["refunded_cents"], last["refund_due_cents"]) == (total, 0)
+
+
+async def test_a_refund_of_an_unpaid_order_is_refused_and_recorded(
+        api: httpx.AsyncClient, producer: StorefrontProducer) -> None:
+    order = manual_order()
+    await producer.send(order)
+    await order_when(api, order.order_id, lambda o: True, "the order to be stored")
+    r = await api.post(f"/orders/{order.order_id}/refunds", json={"refund_id": "x", "amount_cents": 1})
+    assert r.status_code == 409 and "not paid" in r.json()["error"]
+    view = (await api.get(f"/orders/{order.order_id}")).json()
+    assert view["payment_status"] == "awaiting" and view["refunds"][0]["outcome"].startswith("refused: ")
