@@ -56,6 +56,7 @@ Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
 """`async def handle(uow, events)`: a plain module-level function (see `unit.py`)."""
 
 COMMIT_SECONDS = 1.0
+DRAIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class Runtime(Service):
         self._waiting: dict[str, str] = {}  # what is waiting on a dependency -> the last error
         self._health_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
+        self._drains: list[Callable[[], None]] = []
+        self._running: list[asyncio.Future] = []
         self.http = HttpSurface(settings.http_port, settings.backoffice_token, self.health, self.render_metrics)
         self.dlq = DeadLetters(settings.service, self._send_with_headers,
                                lambda topic, kind: self.metrics.dead_letters.labels(topic, kind).inc())
@@ -167,9 +170,16 @@ class Runtime(Service):
                                  headers: list[tuple[str, bytes]]) -> None:
         await self.app.producer.send_and_wait(topic, key, value, partition=None, timestamp=None, headers=headers)
 
-    def background(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        """Register a coroutine that runs for the worker's life (e.g. an SMTP sender, a scanner)."""
+    def background(self, fn: Callable[[], Awaitable[None]], *,
+                   drain: Callable[[], None] | None = None) -> Callable[[], Awaitable[None]]:
+        """Register a coroutine that runs for the worker's life (e.g. an SMTP sender, a scanner).
+
+        `drain`: asks it to finish what it has in flight and return; a stop calls it and waits (DRAIN_SECONDS at
+        most) before the pool closes, so a mail the SMTP server accepted is recorded, not sent again by another
+        worker after its lease ran out."""
         self._background.append(fn)
+        if drain is not None:
+            self._drains.append(drain)
         return fn
 
     def health_check(self, fn: Callable[[], Awaitable[dict[str, Any]]]) -> Callable[[], Awaitable[dict[str, Any]]]:
@@ -185,7 +195,7 @@ class Runtime(Service):
         self.add_future(self._commit_positions_to_broker())
         self.add_future(self._seek_watchdog())
         for fn in self._background:
-            self.add_future(self._keep_running(fn))
+            self._running.append(self.add_future(self._keep_running(fn)))
 
     async def _keep_running(self, fn: Callable[[], Awaitable[None]]) -> None:
         attempt = 0
@@ -211,6 +221,13 @@ class Runtime(Service):
 
     async def on_stop(self) -> None:
         await self.http.stop()
+        if self._drains:
+            for drain in self._drains:
+                drain()
+            done, pending = await asyncio.wait(self._running, timeout=DRAIN_SECONDS)
+            if pending:
+                log.warning("%d background task(s) still busy after %.0f s; stopping anyway", len(pending),
+                            DRAIN_SECONDS)
         if self._pool is not None:
             await self._pool.close()
 

@@ -187,13 +187,15 @@ class MailSender:
         self._outage: Outage | None = None
         self._warned_clear = False
         self._envelope_from = mailaddr.mailbox(settings.mail_from).addr_spec
+        self.stopping = asyncio.Event()
+        """Set by the worker's stop: finish the mail in flight (sent and recorded), give the rest back, return."""
 
     def wake(self) -> None:
         """Called after a commit that inserted mails or released waiting ones: send now, not at the next poll."""
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             if self._outage is not None and (wait := self._outage.next_try - time.monotonic()) > 0:
                 await asyncio.sleep(wait)  # the server is away: new mails do not shorten the backoff
             try:
@@ -205,10 +207,14 @@ class MailSender:
                 log.warning("mail sender: database unavailable (%s); retrying", exc)
                 claimed = 0
                 await asyncio.sleep(1.0)
-            if claimed < BATCH:
+            if claimed < BATCH and not self.stopping.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
                 self._wake.clear()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
 
     async def health(self) -> dict[str, Any]:
         if self._outage is not None:
@@ -246,6 +252,8 @@ class MailSender:
     async def _send_batch(self, pool: asyncpg.Pool, batch: _Batch) -> None:
         shops: dict[str, repository.Shop | None] = {}
         for mail in batch.mails:
+            if self.stopping.is_set():
+                return  # a stop: the mails not started yet are given back (send_due's finally)
             if mail.key not in batch.held:
                 continue  # the heartbeat found it claimed by another sender (our lease had run out)
             if not batch.lease_safe():

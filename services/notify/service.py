@@ -23,7 +23,7 @@ def build(settings: Settings) -> Runtime:
     # of several workers do: one connection waits on each SMTP round trip, and a remote server's add up.
     senders = [MailSender(rt.pool, settings, metrics, reports_depth=i == 0) for i in range(settings.mail_connections)]
     for one in senders:
-        rt.background(one.run)
+        rt.background(one.run, drain=one.stop)  # a stop lets the mail in flight be sent and recorded
 
     @rt.health_check
     async def smtp_health() -> dict[str, Any]:
