@@ -172,6 +172,10 @@ class _Batch:
         return time.monotonic() < self.lease_until - self.lease / 2
 
 
+ACCEPTED_UNRECORDED: set[tuple[str, str]] = set()
+"""(ref, kind) of mails the SMTP server accepted whose 'sent' is not recorded yet, shared by this worker's senders."""
+
+
 class MailSender:
     def __init__(self, pool: Callable[[], Awaitable[asyncpg.Pool]], settings: Settings, metrics: MailMetrics,
                  *, reports_depth: bool = True) -> None:
@@ -266,6 +270,13 @@ class MailSender:
             if message is None:
                 batch.finished.add(mail.key)
                 continue
+            if mail.key in ACCEPTED_UNRECORDED:
+                # Accepted by the server through another sender of this worker, which could not record it yet:
+                # record it under this claim, never send it again.
+                if await repository.mark_sent(pool, mail):
+                    ACCEPTED_UNRECORDED.discard(mail.key)
+                batch.finished.add(mail.key)
+                continue
             if mail.reclaimed:
                 self._metrics.resent.labels(core.kind_family(mail.kind)).inc()
                 log.warning("mail %s/%s re-sent after an expired lease (same Message-ID)", mail.ref, mail.kind)
@@ -343,11 +354,24 @@ class MailSender:
 
     async def _record_sent(self, pool: asyncpg.Pool, mail: ClaimedMail) -> None:
         """The server has accepted the mail: record that however long the database is away. Giving up here would
-        leave the row 'sending' and its lease would send the mail again (a duplicate no SIGKILL caused)."""
+        leave the row 'sending' and its lease would send the mail again (a duplicate no SIGKILL caused).
+
+        While it is unrecorded its key is in ACCEPTED_UNRECORDED: another sender of this worker that claims the
+        row after the lease ran out (the database was away longer than the lease) records it instead of sending
+        it again."""
+        ACCEPTED_UNRECORDED.add(mail.key)
+        try:
+            await self._record_sent_until_done(pool, mail)
+        finally:
+            ACCEPTED_UNRECORDED.discard(mail.key)
+
+    async def _record_sent_until_done(self, pool: asyncpg.Pool, mail: ClaimedMail) -> None:
         delay = 0.1
-        while True:
+        while mail.key in ACCEPTED_UNRECORDED:
             try:
                 if not await repository.mark_sent(pool, mail):
+                    if mail.key not in ACCEPTED_UNRECORDED:
+                        return  # another sender of this worker claimed it and recorded it for us
                     log.error("mail %s/%s accepted by the server, but another sender had claimed it meanwhile "
                               "(its lease could not be extended): it may arrive twice", mail.ref, mail.kind)
                 return
