@@ -360,21 +360,22 @@ class MailSender:
         row after the lease ran out (the database was away longer than the lease) records it instead of sending
         it again."""
         ACCEPTED_UNRECORDED.add(mail.key)
-        try:
-            await self._record_sent_until_done(pool, mail)
-        finally:
+        if await self._record_sent_until_done(pool, mail):
             ACCEPTED_UNRECORDED.discard(mail.key)
+        # else: another sender holds the row now; if it is one of this worker's, it finds the key and records the
+        # mail instead of sending it again (the key stays until then; a worker's set only holds such rare rows)
 
-    async def _record_sent_until_done(self, pool: asyncpg.Pool, mail: ClaimedMail) -> None:
+    async def _record_sent_until_done(self, pool: asyncpg.Pool, mail: ClaimedMail) -> bool:
+        """True once recorded under this sender's claim; False when another sender claimed the row meanwhile."""
         delay = 0.1
         while mail.key in ACCEPTED_UNRECORDED:
             try:
                 if not await repository.mark_sent(pool, mail):
-                    if mail.key not in ACCEPTED_UNRECORDED:
-                        return  # another sender of this worker claimed it and recorded it for us
-                    log.error("mail %s/%s accepted by the server, but another sender had claimed it meanwhile "
-                              "(its lease could not be extended): it may arrive twice", mail.ref, mail.kind)
-                return
+                    log.warning("mail %s/%s accepted by the server while another sender claimed it (the database "
+                                "was away longer than the lease): that sender records it; one of another worker "
+                                "would send it again (same Message-ID)", mail.ref, mail.kind)
+                    return False
+                return True
             except (*DB_ERRORS, asyncpg.InternalClientError) as exc:  # the latter: a connection the server cut
                 log.warning("mail %s/%s sent, recording it failed (%s); retrying in %.1fs", mail.ref, mail.kind,
                             exc, delay)
