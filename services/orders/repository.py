@@ -286,7 +286,10 @@ async def cancel_requests(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str,
 
 
 async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_version: bool = False) -> int:
-    """Store settings unless newer ones are already there; returns the shop's settings version."""
+    """Store settings unless newer ones are already there; returns the shop's settings version (0: nothing changed).
+
+    The same settings again (a redelivery, a replay) change nothing, not even updated_at: since positions replaced
+    event-id dedupe here, a replay re-reads every shop.settings record."""
     return await conn.fetchval(
         """INSERT INTO shops (shop_id, name, merchant_email, abandon_after_seconds, ignore_incomplete_orders,
                               version, occurred_at)
@@ -296,7 +299,11 @@ async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_ver
                abandon_after_seconds = EXCLUDED.abandon_after_seconds,
                ignore_incomplete_orders = EXCLUDED.ignore_incomplete_orders, occurred_at = EXCLUDED.occurred_at,
                version = shops.version + CASE WHEN $7 THEN 1 ELSE 0 END, updated_at = now()
-           WHERE shops.occurred_at <= EXCLUDED.occurred_at
+           WHERE shops.occurred_at < EXCLUDED.occurred_at
+              OR (shops.occurred_at = EXCLUDED.occurred_at
+                  AND (shops.name, shops.merchant_email, shops.abandon_after_seconds, shops.ignore_incomplete_orders)
+                      IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.merchant_email, EXCLUDED.abandon_after_seconds,
+                                        EXCLUDED.ignore_incomplete_orders))
            RETURNING version""",
         event.shop_id, event.name, event.merchant_email, event.abandon_after_seconds,
         event.ignore_incomplete_orders, event.occurred_at, bump_version,
