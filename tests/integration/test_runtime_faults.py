@@ -44,7 +44,8 @@ from orderflow.sim.scenario import Mix, Scenario
 from tests.faults.harness import SERVICES, FaultStack, fault_stack, hold, play
 from tests.faults.invariants import BadMessage, Record, end_offsets, read_topics
 
-pytestmark = pytest.mark.slow
+# Run by name or `pytest -m fault_loop` (two 30-120 s scenarios on their own stack), not by `make test`: see README.
+pytestmark = [pytest.mark.slow, pytest.mark.fault_loop]
 
 PASSWORD_ROLE = "orderflow_pw"
 OUTAGE_SECONDS = 30.0
