@@ -40,6 +40,7 @@ checker accepts exactly that alternative, derives its consequences for stock, ma
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -414,22 +415,33 @@ async def _partitions(bootstrap: str, names: Iterable[str]) -> list[TopicPartiti
         await admin.close()
 
 
+READ_TIMEOUT = 120.0
+
+
 async def read_topics(bootstrap: str, names: Iterable[str], *, since: dict[TopicPartition, int] | None = None,
-                      keep=lambda record: True) -> list[Record]:  # noqa: ANN001
-    """Every record of `names` from `since` (or the beginning) up to their ends as of now, filtered by `keep`."""
+                      keep=lambda record: True, timeout: float = READ_TIMEOUT) -> list[Record]:  # noqa: ANN001
+    """Every record of `names` from `since` (or the beginning) up to their ends as of now, filtered by `keep`.
+
+    Starts no lower than each partition's earliest offset (records deleted by retention or DeleteRecords are gone;
+    a fetch below it would reset to the end and read nothing), and checks every partition's position after each
+    fetch, not only those that returned records: one already at its end never returns any. Fails naming the
+    partitions still short of their end after `timeout` seconds rather than hang."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=8 << 20,
-                                max_partition_fetch_bytes=4 << 20)
+                                max_partition_fetch_bytes=4 << 20, auto_offset_reset="earliest")
     await consumer.start()
     out: list[Record] = []
     try:
         tps = await _partitions(bootstrap, names)
         ends = await consumer.end_offsets(tps)
-        todo = {tp for tp in tps if ends[tp] > (since or {}).get(tp, 0)}
+        firsts = await consumer.beginning_offsets(tps)
+        start = {tp: max((since or {}).get(tp, 0), firsts[tp]) for tp in tps}
+        todo = {tp for tp in tps if ends[tp] > start[tp]}
         if not todo:
             return out
         consumer.assign(list(todo))
         for tp in todo:
-            consumer.seek(tp, (since or {}).get(tp, 0))
+            consumer.seek(tp, start[tp])
+        deadline = time.monotonic() + timeout
         while todo:
             batches = await consumer.getmany(*todo, timeout_ms=1000)
             for tp, records in batches.items():
@@ -439,8 +451,14 @@ async def read_topics(bootstrap: str, names: Iterable[str], *, since: dict[Topic
                                         read_headers(list(r.headers or [])))
                         if keep(record):
                             out.append(record)
+            for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
+            if todo and time.monotonic() >= deadline:
+                short = {f"{tp.topic}[{tp.partition}]": (await consumer.position(tp), ends[tp])
+                         for tp in sorted(todo)[:5]}
+                raise AssertionError(f"reading {len(todo)} partitions did not reach their ends in {timeout:.0f}s: "
+                                     f"(position, end) {short}")
     finally:
         await consumer.stop()
     return out

@@ -12,6 +12,8 @@ import uuid
 from types import SimpleNamespace
 
 import asyncpg
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 import contracts as c
 from contracts.producer import StorefrontProducer
@@ -67,3 +69,25 @@ async def test_the_checker_reports_records_at_or_beyond_the_stored_position(kafk
         await conn.execute("DELETE FROM inventory.processed_events WHERE topic = $1 AND event_id = ANY($2::uuid[])",
                            TOPIC, [e.event_id for e in events])
         await conn.close()
+
+
+async def test_reading_a_topic_whose_start_was_deleted_returns_what_is_left(kafka_bootstrap: str) -> None:
+    """`read_topics` on a partition whose first records were deleted (retention, DeleteRecords, as
+    test_consumer_positions does to checkout.started) returns the records left instead of waiting forever."""
+    topic = f"skipcheck-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            sent = [await producer.send_and_wait(topic, f"v{i}".encode(), key=b"k", partition=0) for i in range(3)]
+        finally:
+            await producer.stop()
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(sent[2].offset)})
+        records = await read_topics(kafka_bootstrap, [topic], timeout=30)
+        assert [(r.partition, r.offset, r.value) for r in records] == [(0, sent[2].offset, b"v2")]
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
