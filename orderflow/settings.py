@@ -147,8 +147,6 @@ class Settings:
     app_id_prefix: str = "orderflow"
     abandon_scan_seconds: float = 1.0
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
-    inventory_url: str | None = None
-    """The inventory service's HTTP base URL, for the back-office stock page (orders only; optional)."""
     log_level: str = "info"
 
     @property
@@ -212,7 +210,6 @@ def load_settings(service: str, port_env: str, default_port: int, env: Mapping[s
         store=store,
         app_id_prefix=env.get("ORDERFLOW_APP_ID_PREFIX", "orderflow"),
         abandon_scan_seconds=float(_int(env, "ABANDON_SCAN_MS", 1000, 50, 600_000)) / 1000.0,
-        inventory_url=_http_url("INVENTORY_URL", env["INVENTORY_URL"]) if env.get("INVENTORY_URL") else None,
         kafka_security=security,
         log_level=log_level,
     )

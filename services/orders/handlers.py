@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from contracts import (
     ChangedBy,
     InventoryDeduction,
+    InventoryLevel,
     OrderCancelRequested,
     OrderPlaced,
     PaymentConfirmed,
@@ -159,3 +160,9 @@ async def shop_settings(uow: UnitOfWork, events: list[ShopSettings]) -> None:
 async def inventory_deductions(uow: UnitOfWork, events: list[InventoryDeduction]) -> None:
     """What inventory did for each order, once per (shop, order, kind), shown on the order."""
     await repo.record_stock_outcomes(uow.conn, events)
+
+
+async def inventory_levels(uow: UnitOfWork, events: list[InventoryLevel]) -> None:
+    """The back office's stock read model: each (shop, SKU) keeps its newest level by updated_at (a compacted topic
+    read again from the start, or a redelivery, changes nothing)."""
+    await repo.store_stock_levels(uow.conn, events)

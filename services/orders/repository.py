@@ -21,6 +21,7 @@ import asyncpg
 from contracts import (
     Customer,
     InventoryDeduction,
+    InventoryLevel,
     OrderItem,
     OrderStatus,
     OrderStatusChanged,
@@ -327,6 +328,28 @@ async def stock_outcomes(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str,
     rows = await conn.fetch("SELECT kind, lines FROM stock_outcomes WHERE shop_id = $1 AND order_id = $2",
                             shop_id, order_id)
     return {r["kind"]: json.loads(r["lines"]) for r in rows}
+
+
+# --- stock levels (read model of inventory.levels) ------------------------------------------------------------
+
+
+async def store_stock_levels(conn: asyncpg.Connection, events: list[InventoryLevel]) -> None:
+    """Each (shop, SKU) keeps its newest level; an older one (a replay, a late copy) changes nothing."""
+    await conn.executemany(
+        """INSERT INTO stock_levels (shop_id, sku, available, updated_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (shop_id, sku) DO UPDATE SET available = EXCLUDED.available, updated_at = EXCLUDED.updated_at
+           WHERE stock_levels.updated_at < EXCLUDED.updated_at""",
+        [(e.shop_id, e.sku, e.available, e.updated_at) for e in events])
+
+
+async def list_stock_levels(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str,
+                            limit: int) -> tuple[int, list[asyncpg.Record]]:
+    """One shop's SKUs, out of stock first then by SKU (at most `limit`), and how many it has in all."""
+    total = await conn.fetchval("SELECT count(*) FROM stock_levels WHERE shop_id = $1", shop_id)
+    rows = await conn.fetch(
+        "SELECT sku, available, updated_at FROM stock_levels WHERE shop_id = $1 ORDER BY (available > 0), sku "
+        "LIMIT $2", shop_id, limit)
+    return total, rows
 
 
 # --- the back-office list ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The orders service's wiring: order.placed, payment.confirmed, payment.refunded, order.cancel_requested,
-shop.settings and inventory.deductions in; order.status, order.message and shop.settings out; the back-office HTTP
-API and pages.
+shop.settings, inventory.deductions and inventory.levels in; order.status, order.message and shop.settings out; the
+back-office HTTP API and pages.
 
 The rules are in `core.py`, the stream handlers in `handlers.py`, the batch writes in `batch.py`, the SQL in
 `repository.py`, the HTTP surface in `api.py` and `web/`.
@@ -44,6 +44,7 @@ def build(settings: Settings) -> Runtime:
     rt.consume(topics.ORDER_CANCEL_REQUESTED, handlers.cancel_requested, batch=100)
     rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings, batch=100)
     rt.consume(topics.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=500)
+    rt.consume(topics.INVENTORY_LEVELS, handlers.inventory_levels, batch=500)  # the Stock page's read model
     orders = Orders(rt, metrics)
     access = Access(rt)  # BACKOFFICE_TOKEN (every shop) or a shop's merchant credential, shared by API and pages
     api.add_routes(rt, orders, access)

@@ -634,6 +634,7 @@ def check_dead_letters(bad: Sequence[BadMessage], letters: Sequence[Record],
 SNAPSHOT_TABLES = {
     "orders.orders": "shop_id", "orders.order_history": "order_id", "orders.payments": "shop_id",
     "orders.stock_outcomes": "order_id", "orders.cancel_requests": "order_id", "orders.shops": "shop_id",
+    "orders.stock_levels": "shop_id",
     "inventory.stock": "shop_id", "inventory.order_stock": "shop_id", "inventory.stock_moves": "shop_id",
     "cart.carts": "shop_id", "cart.checkouts": "shop_id", "cart.stock_levels": "shop_id",
     "cart.shop_settings": "shop_id", "notify.shops": "shop_id", "notify.mails": "shop_id",

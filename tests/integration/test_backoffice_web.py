@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -148,7 +149,7 @@ async def test_restock_form_produces_stock_adjusted(kafka_bootstrap: str, orders
     await page.fill("#token", TOKEN)
     await page.click("button[type=submit]")
     await page.goto(f"{orders_worker.url}/backoffice/stock?shop_id={shop_id}")
-    assert "INVENTORY_URL is not set" in await page.inner_text("main")  # this worker has no inventory beside it
+    assert "No stock known for this shop yet" in await page.inner_text("main")  # no inventory.levels for it yet
     await page.fill("input[name=sku]", sku)
     await page.fill("input[name=amount]", "7")
     await page.click(".stock-form button")
@@ -178,3 +179,38 @@ async def test_restock_form_produces_stock_adjusted(kafka_bootstrap: str, orders
     assert "Shop settings saved" in await page.inner_text("[role=status]")
     assert await page.input_value("#name") == "Ada's <Mugs>"
     assert await page.input_value("#abandon_after_seconds") == "900"
+
+
+async def test_stock_page_shows_levels_from_the_stream(kafka_bootstrap: str, orders_worker: WorkerProcess,
+                                                       browser: object) -> None:
+    """The Stock page reads orders' own copy of inventory.levels (no INVENTORY_URL, no call to inventory): the
+    levels inventory publishes appear, the newest per SKU, out of stock first, and another shop's never."""
+    shop_id, other_shop, mug, plate = uid("shop"), uid("shop"), uid("MUG"), uid("PLATE")
+    earlier, later = c.now() - timedelta(seconds=5), c.now()
+
+    def level(shop: str, sku: str, available: int, at: datetime) -> c.InventoryLevel:
+        return c.InventoryLevel(event_id=c.new_event_id(), occurred_at=at, shop_id=shop, sku=sku,
+                                available=available, updated_at=at)
+
+    async with StorefrontProducer(kafka_bootstrap) as producer:  # what the inventory service would publish
+        for event in (level(shop_id, mug, 9, earlier), level(shop_id, plate, 0, later),
+                      level(other_shop, mug, 77, later), level(shop_id, mug, 4, later)):
+            await producer.send(event)
+
+    page = await browser.new_page()  # type: ignore[attr-defined]
+    await page.goto(f"{orders_worker.url}/backoffice/login")
+    await page.fill("#token", TOKEN)
+    await page.click("button[type=submit]")
+
+    async def rows() -> list[str]:
+        await page.goto(f"{orders_worker.url}/backoffice/stock?shop_id={shop_id}")
+        return [" ".join((await row.inner_text()).split()) for row in await page.locator("table.stock tbody tr").all()]
+
+    shown_rows: list[str] = []
+
+    async def shown() -> bool:
+        shown_rows[:] = await rows()
+        return len(shown_rows) == 2 and shown_rows[1].startswith(f"{mug} 4 ")
+    await async_wait_for(shown, timeout=60, message="the shop's newest levels on the Stock page")
+    assert shown_rows[0].startswith(f"{plate} out of stock")
+    assert "77" not in await page.inner_text("table.stock")

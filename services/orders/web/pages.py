@@ -9,8 +9,8 @@ credential, checked on every request, so revoking it signs the merchant out at o
 carries the session's CSRF token in a hidden field. A form that emits an event carries a one-off `form_id`, from
 which the event id is derived, so a form submitted twice emits the same event twice and consumers drop the repeat.
 
-Stock levels are read from the inventory service's HTTP API (INVENTORY_URL) rather than from its tables: the
-inventory owns its schema and its API is the supported way in; without INVENTORY_URL the page still adjusts stock.
+Stock levels come from orders' own read model of the compacted `inventory.levels` topic (`stock_levels`), never
+from the inventory service's API or tables: services talk only through topics (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import httpx
 import jinja2
 from aiohttp import web
 from pydantic import ValidationError
@@ -49,6 +48,8 @@ if TYPE_CHECKING:
 PREFIX = "/backoffice"
 COOKIE = "orderflow_backoffice"
 PER_PAGE = 25
+STOCK_ROWS = 500
+"""SKUs the Stock page lists (out of stock first); it says how many more there are."""
 HERE = Path(__file__).parent
 FORM_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -315,27 +316,16 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
 
     # --- stock ------------------------------------------------------------------------------------------------
 
-    async def stock_levels(shop_id: str) -> tuple[list[dict[str, Any]], int, str | None]:
-        if not rt.settings.inventory_url:
-            return [], 0, "Stock levels cannot be shown: INVENTORY_URL is not set for the orders service."
-        try:
-            async with httpx.AsyncClient(timeout=5) as client:
-                response = await client.get(
-                    f"{rt.settings.inventory_url}/stock/{quote(shop_id, safe='')}",
-                    params={"out_of_stock_first": "1", "per_page": "500"},
-                    headers={"Authorization": f"Bearer {rt.settings.backoffice_token}"})
-            response.raise_for_status()
-            body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            return [], 0, f"The inventory service did not answer ({type(exc).__name__}); try again shortly."
-        return body["items"], body["total"], None
+    async def stock_levels(shop_id: str) -> tuple[list[dict[str, Any]], int]:
+        total, rows = await repo.list_stock_levels(await rt.pool(), shop_id, STOCK_ROWS)
+        return [dict(r) for r in rows], total
 
     async def stock_page(request: web.Request, *, error: str | None = None, status: int = 200,
                          shop_id: str | None = None) -> web.StreamResponse:
         shop_id = own_shop(request, (shop_id if shop_id is not None else request.query.get("shop_id", "")).strip())
-        levels, total, problem = await stock_levels(shop_id) if shop_id else ([], 0, None)
+        levels, total = await stock_levels(shop_id) if shop_id else ([], 0)
         return render(request, "stock.html", status=status, shop_id=shop_id, levels=levels, total=total,
-                      problem=problem, error=error, notice=NOTICES.get(request.query.get("done", "")),
+                      error=error, notice=NOTICES.get(request.query.get("done", "")),
                       form_id=uuid.uuid4().hex)
 
     async def post_stock(request: web.Request) -> web.StreamResponse:
