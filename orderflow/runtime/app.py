@@ -143,6 +143,7 @@ class Runtime(Service):
         self._drains: list[Callable[[], None]] = []
         self._running: list[asyncio.Future] = []
         self.http = HttpSurface(settings.http_port, settings.backoffice_token, self.health, self.render_metrics)
+        self.http.title = f"orderflow {settings.service}"
         self.dlq = DeadLetters(settings.service, self._send_with_headers,
                                lambda topic, kind: self.metrics.dead_letters.labels(topic, kind).inc())
         self.outbox = OutboxRelay(self.pool, settings.service, self._send_soon,

@@ -15,6 +15,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from orderflow.runtime import openapi
 from orderflow.runtime.failures import Cause, classify, describe
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,31 @@ class HttpSurface:
         self._metrics = metrics
         self.app.router.add_get("/health", self._get_health)
         self.app.router.add_get("/metrics", self._get_metrics)
+        self.app.router.add_get("/openapi.json", self._get_openapi)
+        self.title = "orderflow"
+        """The OpenAPI document's title (the Runtime names its service)."""
+        self.docs: dict[tuple[str, str], openapi.RouteDoc] = {
+            ("GET", "/health"): openapi.RouteDoc(
+                "whether the worker is ready: 200 when it is, 503 with the reason when it is not", errors=(503,),
+                bearer=False, tags=("operations",)),
+            ("GET", "/metrics"): openapi.RouteDoc("Prometheus metrics", content="text/plain", bearer=False,
+                                                  tags=("operations",)),
+            ("GET", "/openapi.json"): openapi.RouteDoc("this document", bearer=False, tags=("operations",)),
+        }
+        self._auth: dict[tuple[str, str], bool] = {}
 
-    def route(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
+    def route(self, method: str, path: str, handler: Handler, *, auth: bool = True,
+              doc: openapi.RouteDoc | None = None) -> None:
+        """Add a route; `doc` is what `/openapi.json` says of it beyond its method and path."""
         self.app.router.add_route(method, path, bearer_auth(self.token, handler) if auth else handler)
+        key = (method.upper(), openapi.openapi_path(path))
+        self._auth[key] = auth
+        if doc is not None:
+            self.docs[key] = doc
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of every route this surface has."""
+        return openapi.document(self.app, self.docs, self._auth, self.title)
 
     async def _get_health(self, request: web.Request) -> web.Response:
         report = await self._health()
@@ -134,6 +157,9 @@ class HttpSurface:
 
     async def _get_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8")
+
+    async def _get_openapi(self, request: web.Request) -> web.Response:
+        return json_response(self.openapi())
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -23,11 +23,18 @@ from prometheus_client import Counter
 
 from orderflow.auth.credentials import Throttle, Verifier
 from orderflow.runtime.http import ApiError, error, json_response
+from orderflow.runtime.openapi import TEXT, Param, RouteDoc
 from services.cart import recovery, repository
 from services.cart.core import LineStatus, show_cart
 
 MISSING = "a storefront key (Authorization: Bearer ofs_…), a recovery link's token (?shop_id=&token=) or the " \
           "operator's token is needed"
+
+CART_VIEW_DOC = RouteDoc(
+    "the cart as the storefront shows it: a storefront key, a recovery link's token or the operator's token",
+    tags=("carts",), bearer=True, errors=(404, 409, 429),
+    query=(Param("shop_id", TEXT, "the cart's shop (a recovery link; the operator when several shops use the id)"),
+           Param("token", TEXT, "a recovery link's signed token (with shop_id)")))
 
 
 def _bearer(request: web.Request) -> str | None:

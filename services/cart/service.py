@@ -29,7 +29,7 @@ from orderflow.runtime.unit import UnitOfWork
 from orderflow.services import ServiceSpec
 from orderflow.settings import Settings
 from services.cart import core, handlers, recovery, repository
-from services.cart.api import cart_view_handler
+from services.cart.api import CART_VIEW_DOC, cart_view_handler
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def build(settings: Settings) -> Runtime:
     # The cart view checks its own credentials: a storefront key, a recovery link's token or BACKOFFICE_TOKEN (api.py).
     verifier = Verifier(rt.pool, settings.backoffice_token)
     rt.http.route("GET", "/carts/{cart_id}", cart_view_handler(rt.pool, metrics.out_of_stock_shown, verifier,
-                                                               recovery_key), auth=False)
+                                                               recovery_key), auth=False, doc=CART_VIEW_DOC)
     return rt
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from orderflow.runtime.http import ApiError, int_param, json_response
+from orderflow.runtime.openapi import Param, RouteDoc, integer
 from services.inventory import repository as repo
 
 if TYPE_CHECKING:
@@ -37,5 +38,10 @@ def add_routes(rt: Runtime) -> None:
         return json_response({"shop_id": request.match_info["shop_id"], "page": page, "per_page": per_page,
                               "total": total, "items": [_level(r) for r in rows]})
 
-    rt.http.route("GET", "/stock/{shop_id}", list_stock)
-    rt.http.route("GET", "/stock/{shop_id}/{sku:.+}", get_stock)
+    rt.http.route("GET", "/stock/{shop_id}", list_stock, doc=RouteDoc(
+        "a shop's stock levels, page by page", tags=("stock",), query=(
+            Param("page", integer(1, 1_000_000, 1)), Param("per_page", integer(1, MAX_PER_PAGE, 50)),
+            Param("out_of_stock_first", {"type": "string", "enum": ["0", "1", "true", "false", "yes", "no"]},
+                  "1/true/yes: SKUs with nothing available first"))))
+    rt.http.route("GET", "/stock/{shop_id}/{sku:.+}", get_stock, doc=RouteDoc(
+        "one SKU's stock level", tags=("stock",), errors=(404,)))

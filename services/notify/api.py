@@ -16,6 +16,7 @@ from pydantic import model_validator
 
 from contracts.base import Model
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
+from orderflow.runtime.openapi import TEXT, Param, RouteDoc, integer, one_of
 from services.notify import repository
 
 
@@ -57,5 +58,12 @@ def register(rt: Any, wake_senders: Callable[[], None]) -> None:
             wake_senders()
         return json_response({"requeued": requeued})
 
-    rt.http.route("GET", "/mails", list_mails)
-    rt.http.route("POST", "/mails/retry", retry)
+    rt.http.route("GET", "/mails", list_mails, doc=RouteDoc(
+        "the mails and their state, newest first; a failed mail's `last_error` is the server's reply",
+        tags=("mails",), query=(Param("shop", TEXT, "only this shop's mails"),
+                                Param("state", one_of(repository.STATES)),
+                                Param("ref", TEXT, "only this order's or cart's mails: SHOP/ID"),
+                                Param("limit", integer(1, 1000, 100)))))
+    rt.http.route("POST", "/mails/retry", retry, doc=RouteDoc(
+        'queue mails again: one mail ({"ref", "kind"}) or a shop\'s failed mails ({"shop", "failed": true})',
+        tags=("mails",), body=RetryBody, errors=(409,)))

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 from contracts import ChangedBy, CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
 from contracts.base import MAX_INT, Email, LongText, Model, Text
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
+from orderflow.runtime.openapi import TEXT, Param, RouteDoc, integer, one_of
 from services.orders import core
 from services.orders import repository as repo
 from services.orders.access import Access, principal_of
@@ -280,13 +281,27 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         stored = await rt.run_unit(work, wait_for_dependencies=False)
         return json_response(stored.model_dump(mode="json", exclude={"event_id", "occurred_at"}))
 
-    def route(method: str, path: str, handler: Any) -> None:
-        rt.http.route(method, path, access.api(handler), auth=False)  # auth: the operator or the shop's merchant
+    def route(method: str, path: str, handler: Any, doc: RouteDoc | None = None) -> None:
+        # auth: the operator or the shop's merchant (access.py); 429 once an address spent its failed tokens
+        rt.http.route(method, path, access.api(handler), auth=False,
+                      doc=doc and replace(doc, bearer=True, errors=(*doc.errors, 429), tags=("orders",)))
 
-    route("GET", "/orders", list_orders)
-    route("GET", "/orders/{order_id}", get_order)
-    route("POST", "/orders/{order_id}/status", set_status)
-    route("POST", "/orders/{order_id}/payment", set_payment)
-    route("POST", "/orders/{order_id}/messages", send_message)
-    route("POST", "/orders/{order_id}/refunds", post_refund)
-    route("PUT", "/shops/{shop_id}", put_shop)
+    shop = Param("shop_id", TEXT, "the shop (the operator; a merchant reaches only their own)")
+    route("GET", "/orders", list_orders, RouteDoc(
+        "orders of a tab, newest first, with each tab's count", query=(
+            Param("tab", one_of(repo.TABS)), Param("page", integer(1, 1_000_000, 1)),
+            Param("per_page", integer(1, MAX_PER_PAGE, 50)), Param("q", TEXT, "order id, e-mail or name"), shop)))
+    route("GET", "/orders/{order_id}", get_order, RouteDoc(
+        "one order with its history, stock, payments, refunds and flags", query=(shop,), errors=(404, 409)))
+    route("POST", "/orders/{order_id}/status", set_status, RouteDoc(
+        "set the order's status (409 with the reason when the rules refuse)", query=(shop,), body=StatusBody,
+        errors=(404, 409)))
+    route("POST", "/orders/{order_id}/payment", set_payment, RouteDoc(
+        "mark the order paid", query=(shop,), body=PaymentBody, errors=(404, 409)))
+    route("POST", "/orders/{order_id}/messages", send_message, RouteDoc(
+        "send the customer a message (once per Idempotency-Key or message_id)", query=(shop,), body=MessageBody,
+        status=202, errors=(404, 409)))
+    route("POST", "/orders/{order_id}/refunds", post_refund, RouteDoc(
+        "record a refund, once per refund_id", query=(shop,), body=RefundBody, errors=(404, 409)))
+    route("PUT", "/shops/{shop_id}", put_shop, RouteDoc(
+        "set a shop's settings", body=ShopBody, errors=(404, 409)))
