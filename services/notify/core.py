@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from babel import Locale
+
 from contracts import (
     Address,
     CheckoutAbandoned,
@@ -18,18 +20,10 @@ from contracts import (
     InventoryDeduction,
     OrderStatus,
     OrderStatusChanged,
-    PaymentStatus,
 )
+from orderflow import i18n
 
 Audience = Literal["merchant", "customer"]
-
-PAYMENT_LABELS = {
-    PaymentStatus.PAID: "Paid",
-    PaymentStatus.AWAITING: "Awaiting payment",
-    PaymentStatus.INCOMPLETE: "Not paid",
-    PaymentStatus.PARTIALLY_REFUNDED: "Partially refunded",
-    PaymentStatus.REFUNDED: "Refunded",
-}
 
 SHOP_SETTINGS_GRACE_SECONDS = 60.0
 """How long a customer mail waits for its shop's settings (name) before going out under the shop id."""
@@ -78,10 +72,6 @@ def kind_family(kind: str) -> str:
     return kind.split(":", 1)[0]
 
 
-def money(cents: int, currency: str) -> str:
-    return f"{cents // 100}.{cents % 100:02d} {currency}"
-
-
 def address_lines(address: Address | None) -> list[str]:
     """A postal address as the lines of a parcel label (empty parts left out); [] without an address."""
     if address is None:
@@ -92,29 +82,28 @@ def address_lines(address: Address | None) -> list[str]:
 
 
 def _order_context(e: OrderStatusChanged) -> dict[str, Any]:
+    """What the order's mails show. Amounts stay integer minor units with the currency and the payment status its
+    value: the sender writes them in the mail's locale when it renders the mail (services/notify/render.py)."""
     shipping = e.shipping
     return {
         "order_id": e.order_id,
         "customer_name": e.customer.name or "",
         "customer_email": e.customer.email,
-        "items": [
-            {"sku": i.sku, "name": i.name, "quantity": i.quantity,
-             "unit_price": money(i.unit_price_cents, e.currency),
-             "line_total": money(i.unit_price_cents * i.quantity, e.currency)}
-            for i in e.items
-        ],
-        "total": money(e.total_cents, e.currency),
-        "payment_status": PAYMENT_LABELS[e.payment_status],
+        "currency": e.currency,
+        "items": [{"sku": i.sku, "name": i.name, "quantity": i.quantity, "unit_price_cents": i.unit_price_cents}
+                  for i in e.items],
+        "total_cents": e.total_cents,
+        "payment_status": e.payment_status.value,
         "payment_method": e.payment.method,
         "payment_provider": e.payment.provider,
         "reason": e.reason or "",
         # contract v1.1, all optional: empty when the order was placed without them
+        "locale": e.locale,
         "shipping_address": address_lines(e.shipping_address),
         "billing_address": address_lines(e.billing_address),
-        "shipping": (f"{shipping.method}{f' ({shipping.carrier})' if shipping.carrier else ''}, "
-                     f"{money(shipping.cost_cents, e.currency)}") if shipping else "",
-        "discount": money(e.discount_cents, e.currency) if e.discount_cents else "",
-        "tax": money(e.tax_cents, e.currency) if e.tax_cents is not None else "",
+        "shipping": shipping.model_dump(mode="json") if shipping else "",
+        "discount_cents": e.discount_cents or 0,
+        "tax_cents": e.tax_cents,
         "note": e.note or "",
     }
 
@@ -197,6 +186,12 @@ class Recipient:
     to_addr: str
     shop_name: str
     reply_to: str | None
+
+
+def mail_locale(audience: Audience, order_locale: str | None, shop_locale: str | None) -> Locale:
+    """A customer reads the mail in the order's own locale when it names one we write, else in the shop's; the
+    merchant always in the shop's (orderflow/i18n.py: English when neither has a catalog)."""
+    return i18n.choose(order_locale, shop_locale) if audience == "customer" else i18n.choose(shop_locale)
 
 
 def resolve_recipient(audience: Audience, to_addr: str | None, shop_name: str | None, merchant_email: str | None,

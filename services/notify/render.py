@@ -2,6 +2,11 @@
 
 Customer-supplied text can reach a subject, a display name or the body. Header values have every control
 character removed; a recipient must be exactly one address; bodies are escaped in HTML.
+
+Mails are written in the mail's locale (`orderflow/i18n.py`: gettext catalogs, money and dates by CLDR). A mail's
+stored context holds amounts as integer minor units with their currency and the payment status as its value; they
+are written out here, in the locale, when the mail is rendered. A context stored before that (amounts already
+written, a payment label) is shown as it is.
 """
 
 from __future__ import annotations
@@ -12,35 +17,55 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from babel import Locale
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from orderflow import mailaddr
+from orderflow import i18n, mailaddr
+from orderflow.i18n import N_
 
 TEMPLATES = Path(__file__).parent / "templates"
 
-_env = Environment(
-    loader=FileSystemLoader(str(TEMPLATES)),
-    autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+@cache
+def _environment(language: str) -> Environment:
+    """One environment per language: Jinja2's i18n extension binds one catalog to an environment."""
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
+    )
+    return i18n.install(env, Locale.parse(language))
+
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 
 SUBJECTS = {
-    "new_order": "{shop}: new order {order_id} ({total}, {payment_status})",
-    "confirmation": "{shop}: your order {order_id} is confirmed",
-    "processed": "{shop}: your order {order_id} is on its way",
-    "delivered": "{shop}: your order {order_id} was delivered",
-    "canceled": "{shop}: your order {order_id} was canceled",
-    "shortfall": "{shop}: stock shortfall on order {order_id}",
-    "recovery": "{shop}: your cart is waiting for you",
-    "message": "{shop}: a message about your order {order_id}",
+    "new_order": N_("{shop}: new order {order_id} ({total}, {payment_status})"),
+    "confirmation": N_("{shop}: your order {order_id} is confirmed"),
+    "processed": N_("{shop}: your order {order_id} is on its way"),
+    "delivered": N_("{shop}: your order {order_id} was delivered"),
+    "canceled": N_("{shop}: your order {order_id} was canceled"),
+    "shortfall": N_("{shop}: stock shortfall on order {order_id}"),
+    "recovery": N_("{shop}: your cart is waiting for you"),
+    "message": N_("{shop}: a message about your order {order_id}"),
+    "refunded": N_("{shop}: a refund for your order {order_id}"),
 }
+"""English message ids, translated when the mail is rendered."""
+
+PAYMENT_LABELS = {
+    "paid": N_("Paid"),
+    "awaiting": N_("Awaiting payment"),
+    "incomplete": N_("Not paid"),
+    "partially_refunded": N_("Partially refunded"),
+    "refunded": N_("Refunded"),
+}
+"""Payment statuses (contracts.PaymentStatus values) as a customer or merchant reads them."""
 
 
 class InvalidRecipient(ValueError):
@@ -67,12 +92,49 @@ def one_address(value: str) -> Address:
         raise InvalidRecipient(str(exc)) from None
 
 
-def render(template: str, context: dict[str, Any], shop_name: str) -> Rendered:
-    ctx = {**context, "shop": header_safe(shop_name)}
+def localized(context: dict[str, Any], locale: Locale) -> dict[str, Any]:
+    """The context with its amounts and payment status written for the locale (`total`, `items[].unit_price`...).
+
+    Amounts are `*_cents` with the context's `currency`; a context without a currency (a cart's, a shortfall's,
+    or one stored already written out) keeps what it has.
+    """
+    ctx = dict(context)
+    status = ctx.get("payment_status")
+    if isinstance(status, str):
+        ctx["payment_status"] = i18n.gettext_for(locale).gettext(PAYMENT_LABELS.get(status, status))
+    currency = ctx.get("currency")
+    if not isinstance(currency, str):
+        return ctx
+
+    def money(cents: int) -> str:
+        return i18n.format_money(cents, currency, locale)
+
+    if "items" in ctx:
+        ctx["items"] = [
+            {**item, "unit_price": money(item["unit_price_cents"]),
+             "line_total": money(item["unit_price_cents"] * item["quantity"])} if "unit_price_cents" in item else item
+            for item in ctx["items"]
+        ]
+    for name in ("total", "discount", "tax", "refund", "refunded"):
+        if f"{name}_cents" in ctx:  # None: the order has none (no tax given); a discount of 0 is not shown
+            cents = ctx[f"{name}_cents"]
+            ctx[name] = money(cents) if cents is not None and (cents or name != "discount") else ""
+    shipping = ctx.get("shipping")
+    if isinstance(shipping, dict):
+        carrier = f" ({shipping['carrier']})" if shipping.get("carrier") else ""
+        ctx["shipping"] = f"{shipping['method']}{carrier}, {money(shipping['cost_cents'])}"
+    return ctx
+
+
+def render(template: str, context: dict[str, Any], shop_name: str, locale: Locale | None = None) -> Rendered:
+    """The mail in `locale` (English when None): subject, plain text and HTML."""
+    locale = locale or Locale.parse(i18n.DEFAULT_LANGUAGE)
+    env = _environment(locale.language if locale.language in i18n.LANGUAGES else i18n.DEFAULT_LANGUAGE)
+    ctx = {**localized(context, locale), "shop": header_safe(shop_name), "language": locale.language}
     fields = {k: header_safe(str(v)) for k, v in ctx.items() if isinstance(v, str | int)}
-    subject = header_safe(SUBJECTS[template].format_map(fields))
-    text = _env.get_template(f"{template}.txt").render(ctx)
-    html = _env.get_template(f"{template}.html").render(ctx)
+    subject = header_safe(i18n.gettext_for(locale).gettext(SUBJECTS[template]).format_map(fields))
+    text = env.get_template(f"{template}.txt").render(ctx)
+    html = env.get_template(f"{template}.html").render(ctx)
     return Rendered(subject, text, html)
 
 

@@ -30,6 +30,8 @@ from services.notify.core import MailIntent
 class Shop:
     name: str
     merchant_email: str
+    locale: str = "en"
+    """BCP 47 (shop.settings, contract v1.1): the language of the shop's mails."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,12 @@ class ClaimedMail:
 async def upsert_shop(conn: asyncpg.Connection, e: ShopSettings) -> bool:
     """Keep the newest settings per shop (a replay of the compacted topic does not roll them back)."""
     row = await conn.fetchrow(
-        """INSERT INTO shops (shop_id, name, merchant_email, updated_at) VALUES ($1, $2, $3, $4)
+        """INSERT INTO shops (shop_id, name, merchant_email, locale, updated_at) VALUES ($1, $2, $3, $5, $4)
            ON CONFLICT (shop_id) DO UPDATE SET name = EXCLUDED.name, merchant_email = EXCLUDED.merchant_email,
-                                               updated_at = EXCLUDED.updated_at
+                                               locale = EXCLUDED.locale, updated_at = EXCLUDED.updated_at
            WHERE shops.updated_at <= EXCLUDED.updated_at
            RETURNING 1""",
-        e.shop_id, e.name, e.merchant_email, e.occurred_at,
+        e.shop_id, e.name, e.merchant_email, e.occurred_at, e.locale,
     )
     return row is not None
 
@@ -97,8 +99,8 @@ async def insert_mails(conn: asyncpg.Connection, intents: Sequence[MailIntent]) 
 
 
 async def get_shop(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str) -> Shop | None:
-    row = await conn.fetchrow("SELECT name, merchant_email FROM shops WHERE shop_id = $1", shop_id)
-    return Shop(row["name"], row["merchant_email"]) if row else None
+    row = await conn.fetchrow("SELECT name, merchant_email, locale FROM shops WHERE shop_id = $1", shop_id)
+    return Shop(row["name"], row["merchant_email"], row["locale"]) if row else None
 
 
 async def claim_due(pool: asyncpg.Pool, limit: int, lease_seconds: float) -> list[ClaimedMail]:

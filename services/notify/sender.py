@@ -397,7 +397,8 @@ class MailSender:
                 return None
             to_addr = mail.to_addr if mail.html is not None and mail.to_addr else recipient.to_addr
             if mail.html is None or mail.subject is None or mail.text is None:
-                rendered = render(mail.template, mail.context, recipient.shop_name)
+                locale = core.mail_locale(mail.audience, mail.context.get("locale"), shop.locale if shop else None)
+                rendered = render(mail.template, mail.context, recipient.shop_name, locale)
                 if not await repository.store_rendering(pool, mail, to_addr, rendered.subject, rendered.text,
                                                         rendered.html):
                     return None  # no longer this sender's

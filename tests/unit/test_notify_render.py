@@ -34,6 +34,8 @@ def test_every_template_renders_text_and_html_with_the_shop_name() -> None:
         "recovery": {"cart_id": "c-1", "customer_name": "Ada", "items": [{"sku": "M", "name": "Mug", "quantity": 1}],
                      "recovery_url": "http://shop.test/cart/c-1"},
         "message": {"order_id": "o-1", "customer_name": "Ada", "text": "Hi"},
+        "refunded": {**order_context(), "currency": "EUR", "total_cents": 2500, "refund_cents": 500,
+                     "refunded_cents": 500, "refund_id": "r-1"},
     }
     assert set(contexts) == set(render.SUBJECTS)
     for template, ctx in contexts.items():
