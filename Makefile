@@ -8,12 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup system-packages jars run test lint down clean
+.PHONY: help setup system-packages jars run test lint lock down clean
 
 help:
 	@echo "make run    set up everything, then start the stack (orderflow up)"
 	@echo "make test   set up everything, then lint and run the whole test suite"
-	@echo "make setup | lint | down | clean"
+	@echo "make setup | lint | lock | down | clean"
 
 setup: system-packages $(STAMP) jars
 
@@ -36,15 +36,25 @@ system-packages:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Exact pins from requirements.lock; reinstalled only when it or pyproject.toml changed since the last install.
+# Exact, hashed pins from requirements.lock (runtime + dev + bench groups); reinstalled only when it or pyproject.toml
+# changed since the last install.
 $(STAMP): pyproject.toml requirements.lock | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 jars: $(STAMP)
 	$(PY) -c 'from orderflow.infra.kafka import ensure_jars; ensure_jars()'
+
+# Regenerates both hashed locks from pyproject.toml with uv (pinned in the dev group): requirements.lock for developers
+# and CI (runtime + dev + bench), requirements-runtime.lock for the image (runtime only, the same versions). Versions
+# already in requirements.lock are kept unless pyproject.toml rules them out; add --upgrade-package NAME to move one.
+UV_COMPILE := $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
+lock: $(STAMP)
+	$(UV_COMPILE) --extra dev --extra bench -o requirements.lock
+	$(UV_COMPILE) -c requirements.lock -o requirements-runtime.lock
 
 # Starts the whole stack in the background, plays the seeds' story on it, and leaves it running (`make down`).
 run: setup

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import faust
 
+    from orderflow.logs import worker_logging_config
     from orderflow.services import get
     from orderflow.settings import SettingsError, load_settings
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(spec.name, spec.port_env, spec.default_port)
         runtime = spec.build(settings)
+        logging_config = worker_logging_config(spec.name)
     except SettingsError as exc:
         print(f"orderflow-{args.service}: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orderflow-{args.service}: configuration error: {problem}", file=sys.stderr)
         return 2
     level = runtime.settings.log_level
-    worker = faust.Worker(runtime.app, runtime, loglevel=level, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(
+        runtime.app, runtime, loglevel=level, quiet=True, redirect_stdouts=False, logging_config=logging_config
+    )
     worker.execute_from_commandline()
     return 0
 
