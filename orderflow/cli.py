@@ -44,7 +44,7 @@ def _workers(pairs: Sequence[str]) -> dict[str, int]:
 def cmd_up(args: argparse.Namespace) -> int:
     from orderflow import stack
 
-    stack.up(detach=args.detach, workers=_workers(args.workers))
+    stack.up(detach=args.detach, workers=_workers(args.workers), brokers=args.brokers)
     return 0
 
 
@@ -135,6 +135,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("up", help="start broker, database, mail sink and every service; wait until healthy")
     s.add_argument("--detach", action="store_true", help="return once healthy and leave everything running")
     s.add_argument("--workers", nargs="*", default=[], metavar="SERVICE=N", help="worker processes per service")
+    s.add_argument("--brokers", type=int, choices=range(1, 6), default=1, metavar="N",
+                   help="local Kafka brokers, 1-5 (3: a KRaft cluster with replication 3 and min.insync.replicas 2)")
     s.set_defaults(func=cmd_up)
 
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)

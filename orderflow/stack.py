@@ -96,17 +96,20 @@ def topic_partitions() -> int:
     return value
 
 
-def wanted_topics(partitions: int | None = None) -> list[tuple[str, int, dict[str, str]]]:
-    """(name, partitions, configs) for every topic of the contract registry and its dead-letter topic."""
+def wanted_topics(partitions: int | None = None, brokers: int = 1) -> list[tuple[str, int, dict[str, str]]]:
+    """(name, partitions, configs) for every topic of the contract registry and its dead-letter topic, on a cluster
+    of `brokers`: from three brokers on each topic also says `min.insync.replicas=2` (see `replication_for`)."""
     from contracts import ALL
 
     partitions = partitions or topic_partitions()
+    _replication, min_isr = kafka.replication_for(brokers)
+    durability = {"min.insync.replicas": str(min_isr)} if min_isr > 1 else {}
     wanted = []
     for spec in ALL:
         wanted.append((spec.name, partitions, {"cleanup.policy": spec.cleanup_policy,
-                                               "max.message.bytes": str(MAX_MESSAGE_BYTES)}))
+                                               "max.message.bytes": str(MAX_MESSAGE_BYTES), **durability}))
         wanted.append((spec.dlq, DLQ_PARTITIONS, {"cleanup.policy": "delete",
-                                                  "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}))
+                                                  "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES), **durability}))
     return wanted
 
 
@@ -174,15 +177,14 @@ async def _create_topics(bootstrap: str, partitions: int | None) -> dict[str, st
     try:
         existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
         brokers = len((await admin.describe_cluster())["brokers"])
-        replication = max(1, min(3, brokers))
-        outcome = {name: f"exists ({existing[name]} partitions)" for name, _, _ in wanted_topics(partitions)
-                   if name in existing}
-        raised = await _raise_existing(admin, {name: configs for name, _, configs in wanted_topics(partitions)
-                                               if name in existing})
+        replication, _min_isr = kafka.replication_for(brokers)
+        wanted = wanted_topics(partitions, brokers)
+        outcome = {name: f"exists ({existing[name]} partitions)" for name, _, _ in wanted if name in existing}
+        raised = await _raise_existing(admin, {name: configs for name, _, configs in wanted if name in existing})
         for name, change in raised.items():
             outcome[name] += f", raised {change}"
         missing = [NewTopic(name, n, replication, topic_configs=configs)
-                   for name, n, configs in wanted_topics(partitions) if name not in existing]
+                   for name, n, configs in wanted if name not in existing]
         if missing:
             response = await admin.create_topics(missing, timeout_ms=30000)
             for error in response.topic_errors:
@@ -201,8 +203,9 @@ async def _create_topics(bootstrap: str, partitions: int | None) -> dict[str, st
 
 
 def create_topics(bootstrap: str, partitions: int | None = None) -> dict[str, str]:
-    """Create every registry topic (its partitions, cleanup policy, size limit) and its `.dlq`; existing ones are
-    kept, their size limit raised to the wanted one when lower."""
+    """Create every registry topic (its partitions, cleanup policy, size limit) and its `.dlq`, with replication
+    factor min(3, brokers) and, on three brokers or more, min.insync.replicas 2; existing ones are kept, their size
+    limit raised to the wanted one when lower (their replication is an operator's reassignment, not changed here)."""
     return run_coro(_create_topics(bootstrap, partitions))
 
 
@@ -311,6 +314,8 @@ def service_env(state: Mapping) -> dict[str, str]:
         "SMTP_PORT": str(state["smtp"]["port"]),
         "BACKOFFICE_TOKEN": state["backoffice_token"],
         "TOPIC_PARTITIONS": str(state["topic_partitions"]),
+        # faust creates its tables' changelogs itself: the same replication as the catalogue's topics
+        "TOPIC_REPLICATION_FACTOR": str(kafka.replication_for(int(state["kafka"].get("brokers", 1)))[0]),
     }
     if state["smtp"].get("mailbox_url"):
         env["MAILBOX_URL"] = state["smtp"]["mailbox_url"]
@@ -321,19 +326,23 @@ def service_env(state: Mapping) -> dict[str, str]:
 
 def _any_alive(state: Mapping) -> bool:
     refs = [s.get("process") for s in (state.get("kafka"), state.get("postgres"), state.get("mailsink")) if s]
+    refs += [node.get("process") for node in (state.get("kafka") or {}).get("nodes", [])]
     refs += [w.get("process") for w in state.get("services", [])]
     return any(ProcRef.from_state(r).alive() for r in refs if r)
 
 
-def _start_infra(rd: Path, say: Callable[[str], None]) -> dict:
-    """Broker, database and mail sink in parallel (the broker's JVM start dominates); env vars select external ones."""
+def _start_infra(rd: Path, say: Callable[[str], None], brokers: int = 1) -> dict:
+    """Broker(s), database and mail sink in parallel (the brokers' JVM start dominates); env vars select external
+    ones. `brokers` > 1 starts a local KRaft cluster of that many nodes (each a controller voter too)."""
     state: dict = {"run_dir": str(rd)}
     jobs: dict[str, Callable[[], object]] = {}
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         if not kafka.broker_ready(bootstrap):
             raise StackError(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} is set but no broker answers there "
                              "(unset it to start a local broker)")
-        state["kafka"] = {"bootstrap": bootstrap, "external": True}
+        state["kafka"] = {"bootstrap": bootstrap, "external": True, "brokers": kafka.registered(bootstrap)}
+    elif brokers > 1:
+        jobs["kafka"] = lambda: kafka.start_cluster(rd, brokers)
     else:
         jobs["kafka"] = lambda: kafka.start(rd)
     if url := os.environ.get("DATABASE_URL"):
@@ -363,7 +372,10 @@ def _start_infra(rd: Path, say: Callable[[str], None]) -> dict:
         _stop_infra(state)
         raise StackError("could not start the stack:\n" + "\n".join(errors))
     if "kafka" in jobs:
-        say(f"broker    {state['kafka']['bootstrap']}  (started in {state['kafka']['started_in']:.1f} s; "
+        count = state["kafka"].get("brokers", 1)
+        replication, min_isr = kafka.replication_for(count)
+        cluster = f"{count} brokers, replication {replication}, min ISR {min_isr}; " if count > 1 else ""
+        say(f"broker    {state['kafka']['bootstrap']}  ({cluster}started in {state['kafka']['started_in']:.1f} s; "
             f"log {state['kafka']['log']})")
     else:
         say(f"broker    {state['kafka']['bootstrap']}  (external)")
@@ -379,9 +391,15 @@ def _stop_infra(state: Mapping) -> None:
     if (db := state.get("postgres")) and not db.get("external"):
         postgres.PostgresHandle.from_state(db).remove()
     if (broker := state.get("kafka")) and not broker.get("external"):
-        handle = kafka.KafkaHandle.from_state(broker)
-        handle.stop()
-        shutil.rmtree(handle.data_dir, ignore_errors=True)
+        if "nodes" in broker:
+            cluster = kafka.KafkaCluster.from_state(broker)
+            cluster.stop()
+            for node in cluster.nodes:
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+        else:
+            handle = kafka.KafkaHandle.from_state(broker)
+            handle.stop()
+            shutil.rmtree(handle.data_dir, ignore_errors=True)
 
 
 def _migrate(database_url: str) -> None:
@@ -393,8 +411,9 @@ def _migrate(database_url: str) -> None:
 
 
 def up(*, detach: bool = True, workers: Mapping[str, int] | None = None, rd: Path | None = None,
-       say: Callable[[str], None] = print) -> dict:
-    """Start everything, wait until each part is healthy, record it in stack.json; foreground unless detach."""
+       say: Callable[[str], None] = print, brokers: int = 1) -> dict:
+    """Start everything, wait until each part is healthy, record it in stack.json; foreground unless detach.
+    `brokers`: how many local Kafka brokers (3 = a real cluster: replication 3, min ISR 2)."""
     from orderflow.services import discover
 
     rd = rd or run_dir()
@@ -409,10 +428,12 @@ def up(*, detach: bool = True, workers: Mapping[str, int] | None = None, rd: Pat
     if old:
         down(rd=rd, say=lambda _msg: None)  # a stale state (crash, reboot): clear its leftovers
     shutil.rmtree(rd / "kafka-data", ignore_errors=True)
+    for node_dir in rd.glob("kafka-*/kafka-data"):  # a cluster's nodes (a crashed run's would keep its cluster id)
+        shutil.rmtree(node_dir, ignore_errors=True)
     (rd / "logs").mkdir(parents=True, exist_ok=True)
 
     begun = time.monotonic()
-    state = _start_infra(rd, say)
+    state = _start_infra(rd, say, brokers)
     state.update(backoffice_token=os.environ.get("BACKOFFICE_TOKEN") or secrets.token_urlsafe(24),
                  topic_partitions=topic_partitions(), services=[], started_at=time.time())
     _save_state(rd, state)

@@ -1,6 +1,8 @@
-"""A real single-node Kafka broker (KRaft, broker+controller) run from Maven Central jars with the machine's Java.
+"""Real Kafka brokers (KRaft, each node broker+controller) run from Maven Central jars with the machine's Java: one
+node (`start`), or a cluster of several on loopback whose nodes are also the controller quorum's voters
+(`start_cluster`: three nodes give a 3-voter quorum, replication factor 3 and min.insync.replicas 2, as production).
 
-No Docker engine exists on the development and CI machines, so the broker runs as a plain JVM process. The jars are
+No Docker engine exists on the development and CI machines, so each broker runs as a plain JVM process. The jars are
 fetched once into a cache outside the repository; each start uses fresh ports and its own data folder.
 """
 
@@ -14,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,9 +94,21 @@ logger.authorizer.level = WARN
 """
 
 
+def replication_for(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of `brokers`: 3 and 2 from three brokers on (a write
+    acknowledged by acks=all survives losing any one broker, and one broker down still takes writes); fewer brokers
+    cannot hold three copies, and their min ISR is 1 so that the topics stay writable at all."""
+    replication = max(1, min(3, brokers))
+    return replication, 2 if replication >= 3 else 1
+
+
 @dataclass
 class KafkaHandle:
-    """One local broker: its ports, folders and process. `restart()` keeps ports and data (for fault tests)."""
+    """One local broker: its ports, folders and process. `restart()` keeps ports and data (for fault tests).
+
+    Alone (`voters` None) it is a one-voter quorum formatted `--standalone`; in a cluster, `voters` is the static
+    quorum (`id@host:port,...`) every node shares, `cluster_id` the id all were formatted with and `cluster_size`
+    what the internal topics' replication is sized for."""
 
     run_dir: Path
     port: int
@@ -101,6 +116,10 @@ class KafkaHandle:
     data_dir: Path
     proc: ProcRef | None = None
     started_in: float | None = None
+    node_id: int = 1
+    voters: str | None = None
+    cluster_id: str | None = None
+    cluster_size: int = 1
     _popen: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -135,21 +154,27 @@ class KafkaHandle:
 
     def _write_config(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        replication, min_isr = replication_for(self.cluster_size)
+        quorum = ({"controller.quorum.voters": self.voters} if self.voters
+                  else {"controller.quorum.bootstrap.servers": f"{LOCALHOST}:{self.controller_port}"})
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{LOCALHOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            **quorum,
             "listeners": f"PLAINTEXT://{LOCALHOST}:{self.port},CONTROLLER://{LOCALHOST}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{LOCALHOST}:{self.port},CONTROLLER://{LOCALHOST}:{self.controller_port}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": str(replication),
             "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": str(replication),
+            "transaction.state.log.min.isr": str(min_isr),
+            "share.coordinator.state.topic.replication.factor": str(replication),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
+            # Topics created without explicit settings (faust's changelogs, its leader topic) get the cluster's.
+            "default.replication.factor": str(replication),
+            "min.insync.replicas": str(min_isr),
             "group.initial.rebalance.delay.ms": "0",
             # The KRaft controller appends a no-op record to the metadata log every 500 ms by default; alone and
             # idle, that was 3.5 % of a core, 1.9 % without it. Every 5 s keeps the liveness check it serves.
@@ -168,8 +193,10 @@ class KafkaHandle:
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.config_file),
-                         "--standalone")
+        # A static quorum (controller.quorum.voters) is formatted as it is; a lone node bootstraps a one-voter one.
+        quorum = [] if self.voters else ["--standalone"]
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id or _cluster_id(), "-c",
+                         str(self.config_file), *quorum)
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise InfraError(f"kafka storage format failed:\n{result.stdout}\n{result.stderr}")
@@ -196,8 +223,10 @@ class KafkaHandle:
                         f"{tail(self.stdout_file)}\n{tail(self.log_file)}")
             return None
 
+        # In a cluster, ready = this node is among the brokers its own listener reports (registered and unfenced).
+        node = self.node_id if self.voters else None
         try:
-            wait_until(lambda: broker_ready(self.bootstrap), timeout=timeout, interval=0.2,
+            wait_until(lambda: broker_ready(self.bootstrap, node_id=node), timeout=timeout, interval=0.2,
                        what=f"Kafka broker at {self.bootstrap} (log: {self.log_file})", abort=died)
         except BaseException:
             self.stop()
@@ -233,13 +262,69 @@ class KafkaHandle:
             "bootstrap": self.bootstrap, "port": self.port, "controller_port": self.controller_port,
             "run_dir": str(self.run_dir), "data_dir": str(self.data_dir), "log": str(self.log_file),
             "process": self.proc.to_state() if self.proc else None, "started_in": self.started_in,
+            "node_id": self.node_id, "voters": self.voters, "cluster_id": self.cluster_id,
+            "cluster_size": self.cluster_size,
         }
 
     @classmethod
     def from_state(cls, state: dict) -> KafkaHandle:
         proc = ProcRef.from_state(state["process"]) if state.get("process") else None
         return cls(Path(state["run_dir"]), int(state["port"]), int(state["controller_port"]),
-                   Path(state["data_dir"]), proc, state.get("started_in"))
+                   Path(state["data_dir"]), proc, state.get("started_in"), int(state.get("node_id", 1)),
+                   state.get("voters"), state.get("cluster_id"), int(state.get("cluster_size", 1)))
+
+
+@dataclass
+class KafkaCluster:
+    """Several local brokers on loopback, each also a voter of the controller quorum; `nodes[i].node_id == i + 1`.
+
+    `bootstrap` lists every broker, as clients of a real cluster are given it. Fault tests `kill()` one node and
+    `start()` it again (same ports, same data)."""
+
+    nodes: list[KafkaHandle]
+    started_in: float | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def log_file(self) -> Path:
+        return self.nodes[0].log_file
+
+    def node(self, node_id: int) -> KafkaHandle:
+        return next(node for node in self.nodes if node.node_id == node_id)
+
+    def start(self, timeout: float = START_TIMEOUT) -> KafkaCluster:
+        """Start every node at once (none is ready before a majority of voters runs), then wait until the cluster
+        lists all of them."""
+        begun = time.monotonic()
+        ensure_jars()
+        try:
+            with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+                for future in [pool.submit(node.start, timeout) for node in self.nodes]:
+                    future.result()
+            wait_until(lambda: registered(self.bootstrap) >= len(self.nodes), timeout=timeout, interval=0.2,
+                       what=f"{len(self.nodes)} brokers registered at {self.bootstrap}")
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - begun
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Every node, in parallel (a controlled shutdown waits for its partitions' leadership to move)."""
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            for future in [pool.submit(node.stop, timeout) for node in self.nodes]:
+                future.result()
+
+    def to_state(self) -> dict:
+        return {"bootstrap": self.bootstrap, "brokers": len(self.nodes), "started_in": self.started_in,
+                "log": str(self.log_file), "nodes": [node.to_state() for node in self.nodes]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> KafkaCluster:
+        return cls([KafkaHandle.from_state(node) for node in state["nodes"]], state.get("started_in"))
 
 
 async def _describe(bootstrap: str, timeout_ms: int) -> dict:
@@ -253,8 +338,7 @@ async def _describe(bootstrap: str, timeout_ms: int) -> dict:
         await admin.close()
 
 
-def broker_ready(bootstrap: str, timeout_ms: int = 3000) -> bool:
-    """Ready = a metadata request answers and lists at least one broker (so topic creation will work)."""
+def _brokers(bootstrap: str, timeout_ms: int) -> list[dict]:
     import logging
 
     # aiokafka logs every refused connection at ERROR while the JVM is still starting; that noise says nothing.
@@ -265,7 +349,24 @@ def broker_ready(bootstrap: str, timeout_ms: int = 3000) -> bool:
         info = run_coro(_describe(bootstrap, timeout_ms))
     finally:
         logger.setLevel(previous)
-    return bool(info.get("brokers"))
+    return list(info.get("brokers") or [])
+
+
+def broker_ready(bootstrap: str, timeout_ms: int = 3000, *, node_id: int | None = None) -> bool:
+    """Ready = a metadata request answers and lists at least one broker (so topic creation will work); with
+    `node_id`, that broker among them (the metadata lists only registered, unfenced brokers)."""
+    brokers = _brokers(bootstrap, timeout_ms)
+    if node_id is None:
+        return bool(brokers)
+    return any(b.get("node_id") == node_id for b in brokers)
+
+
+def registered(bootstrap: str, timeout_ms: int = 3000) -> int:
+    """How many brokers the cluster's metadata lists now (0 when none answers)."""
+    try:
+        return len(_brokers(bootstrap, timeout_ms))
+    except Exception:  # noqa: BLE001 - no answer yet counts as none registered
+        return 0
 
 
 def start(run_dir: Path | str, *, port: int | None = None, controller_port: int | None = None,
@@ -279,6 +380,28 @@ def start(run_dir: Path | str, *, port: int | None = None, controller_port: int 
         controller_port = free_port()
     handle = KafkaHandle(run_dir, port, controller_port, run_dir / "kafka-data")
     return handle.start(timeout=timeout)
+
+
+def start_cluster(run_dir: Path | str, brokers: int = 3, *, timeout: float = START_TIMEOUT) -> KafkaCluster:
+    """Start a fresh cluster of `brokers` nodes (each broker and controller voter) under run_dir/kafka-<id>/."""
+    if brokers < 1:
+        raise InfraError(f"a cluster needs at least one broker, not {brokers}")
+    run_dir = Path(run_dir)
+    taken: set[int] = set()
+
+    def fresh_port() -> int:
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
+    ports = [(fresh_port(), fresh_port()) for _ in range(brokers)]
+    voters = ",".join(f"{i}@{LOCALHOST}:{controller}" for i, (_port, controller) in enumerate(ports, start=1))
+    cluster_id = _cluster_id()
+    nodes = [KafkaHandle(run_dir / f"kafka-{i}", port, controller, run_dir / f"kafka-{i}" / "kafka-data",
+                         node_id=i, voters=voters, cluster_id=cluster_id, cluster_size=brokers)
+             for i, (port, controller) in enumerate(ports, start=1)]
+    return KafkaCluster(nodes).start(timeout=timeout)
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def make_faust_app(settings: Settings) -> faust.App:
         )
     elif ssl_context is not None:
         credentials = faust.SSLCredentials(ssl_context)
-    return faust.App(
+    return faust_adapter.App(  # acks=all and idempotence for every send (see faust_adapter.IdempotentProducer)
         settings.app_id,
         broker=[f"kafka://{s}" for s in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=credentials,

@@ -1,4 +1,4 @@
-"""The two things the runtime asks of faust beyond its public API, in one place, checked at start.
+"""The three things the runtime asks of faust beyond its public API, in one place, checked at start.
 
 Consumer positions live in PostgreSQL (`positions.py`, `unit.py`), so correctness no longer rests on faust's commit
 bookkeeping: every source topic is subscribed with `acks=False`, which keeps faust from ever committing an offset by
@@ -8,6 +8,11 @@ itself. What is left:
 - **committing** the stored positions to the broker, so that lag tools (`kafka-consumer-groups`, `orderflow lag`)
   see real progress: `Consumer._commit(offsets)`, private. It is the one private name used; the broker's committed
   offset never decides what is applied, so a change there can only make lag figures stale, never lose an event.
+- an **idempotent producer** (`IdempotentProducer`): faust's aiokafka producer takes `producer_acks=-1` but turns
+  idempotence on only inside its transactions (`Producer._settings_extra`, private). Without it, a batch whose first
+  attempt reached a partition leader that then died unacknowledged is written twice by the client's own retry;
+  with it, the new leader drops the repeat by its producer id and sequence. Every event the outbox relay publishes
+  and every dead letter goes through this producer.
 
 `check()` runs at worker start and refuses versions this was not written and tested against
 (`tests/unit/test_faust_adapter.py` fails loudly when the signatures change).
@@ -21,7 +26,9 @@ from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
+import faust
 from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +46,28 @@ def check() -> None:
         if installed not in tested:
             raise UnsupportedFaust(f"{package} {installed} is installed; orderflow's consumer adapter is tested with "
                                    f"{', '.join(sorted(tested))} (orderflow/runtime/faust_adapter.py)")
-    for name, params in (("seek", ["self", "partition", "offset"]), ("_commit", ["self", "offsets"])):
-        method = getattr(Consumer, name, None)
+    for owner, name, params in ((Consumer, "seek", ["self", "partition", "offset"]),
+                                (Consumer, "_commit", ["self", "offsets"]),
+                                (aiokafka_driver.Producer, "_settings_extra", ["self"]),
+                                (faust.App, "_new_producer", ["self"])):
+        method = getattr(owner, name, None)
         if method is None or list(inspect.signature(method).parameters) != params:
-            raise UnsupportedFaust(f"faust's Consumer.{name} is not {name}({', '.join(params[1:])}) any more")
+            raise UnsupportedFaust(f"faust's {owner.__name__}.{name} is not {name}({', '.join(params[1:])}) any more")
+
+
+class IdempotentProducer(aiokafka_driver.Producer):
+    """faust's aiokafka producer with acks=all and idempotence on for every send, not only in transactions."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class App(faust.App):
+    """faust's App whose producer is an `IdempotentProducer` (its `_new_producer` is faust's
+    `Transport.create_producer` with our class)."""
+
+    def _new_producer(self) -> IdempotentProducer:
+        return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
 
 async def seek(app: Any, tp: Any, offset: int) -> None:

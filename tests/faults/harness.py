@@ -132,13 +132,15 @@ async def start_groups_at_end(bootstrap: str, targets: list[ReplayTarget]) -> No
 
 @asynccontextmanager
 async def fault_stack(kafka_bootstrap: str, database_url: str, mailsink: Any, tmp: Path, *, name: str = "faults",
-                      worker_database_url: str | None = None) -> AsyncIterator[FaultStack]:
+                      worker_database_url: str | None = None,
+                      worker_settings: dict[str, str] | None = None) -> AsyncIterator[FaultStack]:
     """One worker per service on a fresh consumer group prefix; yields the FaultStack, kills every worker after.
-    `worker_database_url`: what the workers connect with, when not `database_url` (e.g. a password role)."""
+    `worker_database_url`: what the workers connect with, when not `database_url` (e.g. a password role);
+    `worker_settings`: more environment for the workers (e.g. TOPIC_REPLICATION_FACTOR on a cluster)."""
     env = worker_env(kafka_bootstrap, worker_database_url or database_url,
                      app_prefix=f"{name}-{uuid.uuid4().hex[:8]}",
                      ABANDON_AFTER_SECONDS="4", ABANDON_SCAN_MS="300", MAIL_LEASE_SECONDS="5",
-                     MAIL_RETRY_BASE_MS="250", **mailsink.env)
+                     MAIL_RETRY_BASE_MS="250", **mailsink.env, **(worker_settings or {}))
     targets = {s: target_for(s, env) for s in SERVICES}
     await start_groups_at_end(kafka_bootstrap, list(targets.values()))
     stack = FaultStack(kafka_bootstrap, database_url, mailsink, tmp, env, targets)

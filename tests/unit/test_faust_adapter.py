@@ -26,3 +26,19 @@ def test_topics_subscribed_without_acks_never_record_offsets_for_faust_to_commit
     app = faust.App("adapter-test", broker="kafka://127.0.0.1:1")
     topic = app.topic("t", acks=False)
     assert topic.acks is False
+
+
+async def test_the_workers_producer_is_idempotent_with_acks_all() -> None:
+    """Every event the outbox relay publishes and every dead letter goes through the faust app's producer: a retry
+    after a partition leader died must not write a batch twice (the 3-broker leader-kill scenario's premise)."""
+    from orderflow.runtime.app import make_faust_app
+    from orderflow.settings import Settings
+
+    app = make_faust_app(Settings("orders", "127.0.0.1:1,127.0.0.1:2", "postgresql://x/y", 1, "token"))
+    assert isinstance(app.producer, faust_adapter.IdempotentProducer)
+    client = app.producer._new_producer()
+    try:
+        assert client._txn_manager is not None, "enable_idempotence is off"
+        assert client._sender._acks == -1
+    finally:
+        await client.stop()
