@@ -8,14 +8,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup system-packages jars run test lint lock down clean
+.PHONY: help setup system-packages jars mailpit run test lint lock down clean
 
 help:
 	@echo "make run    set up everything, then start the stack (orderflow up)"
 	@echo "make test   set up everything, then lint and run the whole test suite"
 	@echo "make setup | lint | lock | down | clean"
 
-setup: system-packages $(STAMP) jars
+setup: system-packages $(STAMP) jars mailpit
 
 # Debian packages this project runs on; installed only when missing, apt-get update only when installing.
 system-packages:
@@ -46,6 +46,10 @@ $(STAMP): pyproject.toml requirements.lock | $(PY)
 
 jars: $(STAMP)
 	$(PY) -c 'from orderflow.infra.kafka import ensure_jars; ensure_jars()'
+
+# Mailpit, built once with the machine's Go (1.24 or later) from the Go module proxy into ~/.cache/orderflow/.
+mailpit: $(STAMP)
+	$(PY) -m orderflow.infra.mailpit >/dev/null
 
 # Regenerates both hashed locks from pyproject.toml with uv (pinned in the dev group): requirements.lock for developers
 # and CI (runtime + dev + bench), requirements-runtime.lock for the image (runtime only, the same versions). Versions

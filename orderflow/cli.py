@@ -44,7 +44,7 @@ def _workers(pairs: Sequence[str]) -> dict[str, int]:
 def cmd_up(args: argparse.Namespace) -> int:
     from orderflow import stack
 
-    stack.up(detach=args.detach, workers=_workers(args.workers), brokers=args.brokers)
+    stack.up(detach=args.detach, workers=_workers(args.workers), brokers=args.brokers, mail=args.mail)
     return 0
 
 
@@ -137,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", nargs="*", default=[], metavar="SERVICE=N", help="worker processes per service")
     s.add_argument("--brokers", type=int, choices=range(1, 6), default=1, metavar="N",
                    help="local Kafka brokers, 1-5 (3: a KRaft cluster with replication 3 and min.insync.replicas 2)")
+    s.add_argument("--mail", choices=["sink", "mailpit"], default="sink",
+                   help="local mail server: the test sink (default) or Mailpit, built once with Go into the cache")
     s.set_defaults(func=cmd_up)
 
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)

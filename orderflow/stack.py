@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from orderflow.infra import kafka, mailsink, postgres
+from orderflow.infra import kafka, mailpit, mailsink, postgres
 from orderflow.infra.ports import (
     LOCALHOST,
     InfraError,
@@ -331,9 +331,10 @@ def _any_alive(state: Mapping) -> bool:
     return any(ProcRef.from_state(r).alive() for r in refs if r)
 
 
-def _start_infra(rd: Path, say: Callable[[str], None], brokers: int = 1) -> dict:
+def _start_infra(rd: Path, say: Callable[[str], None], brokers: int = 1, mail: str = "sink") -> dict:
     """Broker(s), database and mail sink in parallel (the brokers' JVM start dominates); env vars select external
-    ones. `brokers` > 1 starts a local KRaft cluster of that many nodes (each a controller voter too)."""
+    ones. `brokers` > 1 starts a local KRaft cluster of that many nodes (each a controller voter too). `mail`:
+    "sink" (the hand-written sink, with its fault modes) or "mailpit" (Mailpit, built once with Go)."""
     state: dict = {"run_dir": str(rd)}
     jobs: dict[str, Callable[[], object]] = {}
     if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
@@ -353,7 +354,7 @@ def _start_infra(rd: Path, say: Callable[[str], None], brokers: int = 1) -> dict
         state["smtp"] = {"host": host, "port": int(os.environ.get("SMTP_PORT", "25")),
                          "mailbox_url": os.environ.get("MAILBOX_URL"), "external": True}
     else:
-        jobs["mailsink"] = lambda: mailsink.start(rd)
+        jobs["mailsink"] = (lambda: mailpit.start(rd)) if mail == "mailpit" else (lambda: mailsink.start(rd))
 
     errors = []
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -411,9 +412,9 @@ def _migrate(database_url: str) -> None:
 
 
 def up(*, detach: bool = True, workers: Mapping[str, int] | None = None, rd: Path | None = None,
-       say: Callable[[str], None] = print, brokers: int = 1) -> dict:
+       say: Callable[[str], None] = print, brokers: int = 1, mail: str = "sink") -> dict:
     """Start everything, wait until each part is healthy, record it in stack.json; foreground unless detach.
-    `brokers`: how many local Kafka brokers (3 = a real cluster: replication 3, min ISR 2)."""
+    `brokers`: how many local Kafka brokers (3 = a real cluster: replication 3, min ISR 2); `mail`: sink or mailpit."""
     from orderflow.services import discover
 
     rd = rd or run_dir()
@@ -433,7 +434,7 @@ def up(*, detach: bool = True, workers: Mapping[str, int] | None = None, rd: Pat
     (rd / "logs").mkdir(parents=True, exist_ok=True)
 
     begun = time.monotonic()
-    state = _start_infra(rd, say, brokers)
+    state = _start_infra(rd, say, brokers, mail)
     state.update(backoffice_token=os.environ.get("BACKOFFICE_TOKEN") or secrets.token_urlsafe(24),
                  topic_partitions=topic_partitions(), services=[], started_at=time.time())
     _save_state(rd, state)
@@ -528,7 +529,7 @@ def status(rd: Path | None = None) -> list[Check]:
     if checks[-1].healthy:
         checks.append(_outbox_check(state["postgres"]["url"]))
     if mailbox := state["smtp"].get("mailbox_url"):
-        checks.append(probe("mailsink", lambda: http_ok(f"{mailbox}/health"), mailbox))
+        checks.append(probe("mailsink", lambda: http_ok(f"{mailbox}/health") or http_ok(f"{mailbox}/readyz"), mailbox))
     for w in state.get("services", []):
         checks.append(probe(f"{w['name']}-{w['index']}", lambda w=w: http_ok(f"{w['url']}/health"), w["url"]))
     return checks

@@ -26,7 +26,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from orderflow import stack  # noqa: E402
-from orderflow.infra import kafka, postgres  # noqa: E402
+from orderflow.infra import kafka, mailpit, postgres  # noqa: E402
 from orderflow.infra import mailsink as sink  # noqa: E402
 from orderflow.infra.kafka import KafkaHandle  # noqa: E402
 
@@ -140,5 +140,16 @@ def mailsink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailSink]:
     handle = sink.start(tmp_path_factory.mktemp("mailsink"))
     try:
         yield MailSink(handle.smtp_host, handle.smtp_port, handle.http_url, handle)
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def mailpit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mailpit.MailpitHandle]:
+    """Mailpit, the real mail server of the ecosystem (built once into the cache by `make setup`), for the tests
+    that read mail through its API; the sink (`mailsink`) stays for the fault modes Mailpit lacks."""
+    handle = mailpit.start(tmp_path_factory.mktemp("mailpit"))
+    try:
+        yield handle
     finally:
         handle.stop()
