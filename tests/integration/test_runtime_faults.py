@@ -44,8 +44,9 @@ from orderflow.sim.scenario import Mix, Scenario
 from tests.faults.harness import SERVICES, FaultStack, fault_stack, hold, play
 from tests.faults.invariants import BadMessage, Record, end_offsets, read_topics
 
-# Run by name or `pytest -m fault_loop` (two 30-120 s scenarios on their own stack), not by `make test`: see README.
-pytestmark = [pytest.mark.slow, pytest.mark.fault_loop]
+# Both run in `make test`, on one stack of their own; N in a row (the figures: docs/guarantees.md, "Measured"):
+# `LOOP_TESTS=tests/integration/test_runtime_faults.py tests/faults/loop.sh N poison` (or `password`).
+pytestmark = pytest.mark.slow
 
 PASSWORD_ROLE = "orderflow_pw"
 OUTAGE_SECONDS = 30.0
