@@ -14,8 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
+
+from contracts.base import Identifier, Sku
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -50,6 +52,9 @@ def one_of(values: Any) -> dict[str, Any]:
 
 
 TEXT: dict[str, Any] = {"type": "string"}
+IDENTIFIER: dict[str, Any] = TypeAdapter(Identifier).json_schema()
+"""A path's ids (shop, order, cart) are the contract's identifiers: 1 to 128 characters, no slash or space."""
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {"sku": TypeAdapter(Sku).json_schema()}
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def operation(
     body_refs: dict[type[BaseModel], Any],
 ) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(name, IDENTIFIER)}
         for name in PATH_PARAM.findall(path)
     ]
     if doc is None:
