@@ -9,7 +9,8 @@ the models v1.1 left alone are v1's own classes. What is new:
 - `shop.settings`: `locale` (default `en`), `expire_unpaid_after_seconds` (default 7 days),
   `recovery_reminders_seconds`, `recovery_requires_consent` (default false), `manage_stock` (default true);
 - `order.status`: payment statuses `partially_refunded` and `refunded`; `refunded_cents`, `refund_due_cents`
-  (default 0); and the order's own v1.1 fields as order.placed gave them (all optional), for the merchant's mail;
+  (default 0); `refund_id` and `refund_cents` on the change a refund made (notify's "refunded" mail, once per
+  refund); and the order's own v1.1 fields as order.placed gave them (all optional), for the merchant's mail;
 - the input topic `payment.refunded` (`PaymentRefunded`).
 
 Bounds as everywhere else (`contracts/base.py`): money ≤ MAX_INT cents, texts bounded and free of control characters,
@@ -169,6 +170,9 @@ class OrderStatusChanged(v1.OrderStatusChanged):
     previous_payment_status: PaymentStatus | None = None
     refunded_cents: Cents = Field(default=0, description="what has been refunded so far")
     refund_due_cents: Cents = Field(default=0, description="what a canceled paid order still owes the customer")
+    refund_id: Identifier | None = Field(default=None, description="the refund this change applied (a refund's "
+                                         "order.status only): its refund_id, once per (shop, order, refund_id)")
+    refund_cents: Cents | None = Field(default=None, description="the amount of that refund")
     # What order.placed carried (v1.1), passed on so a consumer (the merchant's new-order mail) can show it; absent
     # for an order placed without them.
     shipping_address: Address | None = None

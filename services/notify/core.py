@@ -119,11 +119,14 @@ _CUSTOMER_STATUS_MAILS = {
 def mails_for_status(e: OrderStatusChanged) -> list[MailIntent]:
     """New committed order: merchant + customer confirmation; later status changes: one customer mail each.
 
+    A refund's change: the customer's "refunded" mail, once per refund_id.
     Incomplete orders (gateway not paid) get nothing; a payment-only change (awaiting → paid) gets nothing;
     cancelling an order that was never committed gets nothing.
     """
     ref = order_ref(e.shop_id, e.order_id)
     ctx = _order_context(e)
+    if e.refund_id is not None and e.refund_cents:
+        return [_refunded(e, ref, ctx, e.refund_id, e.refund_cents)]
     if e.status == OrderStatus.PENDING:
         if e.previous_status not in (None, OrderStatus.INCOMPLETE):
             return []
@@ -137,6 +140,13 @@ def mails_for_status(e: OrderStatusChanged) -> list[MailIntent]:
     if e.status == OrderStatus.CANCELED and e.previous_status not in _COMMITTED_BEFORE:
         return []
     return [MailIntent(ref, kind, e.shop_id, "customer", kind, e.customer.email, ctx)]
+
+
+def _refunded(e: OrderStatusChanged, ref: str, ctx: dict[str, Any], refund_id: str, refund_cents: int) -> MailIntent:
+    """The customer's "refunded" mail: one per refund (DESIGN.md), keyed by its refund_id, so a redelivered or
+    replayed order.status inserts nothing new. A refund changes no order status, so it is the change's only mail."""
+    context = {**ctx, "refund_id": refund_id, "refund_cents": refund_cents, "refunded_cents": e.refunded_cents}
+    return MailIntent(ref, f"refunded:{refund_id}", e.shop_id, "customer", "refunded", e.customer.email, context)
 
 
 def mails_for_deduction(e: InventoryDeduction) -> list[MailIntent]:

@@ -45,6 +45,9 @@ class Change:
     after: OrderState
     changed_by: ChangedBy
     reason: str
+    refund_id: str | None = None
+    """The refund this change applied (its order.status carries it: the customer's "refunded" mail, once per id)."""
+    refund_cents: int | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ def refund(state: OrderState, total_cents: int, currency: str, refunded_cents: i
     after = refunded_cents + amount_cents
     status = PaymentStatus.REFUNDED if after == paid else PaymentStatus.PARTIALLY_REFUNDED
     who = "by the merchant" if by == ChangedBy.MERCHANT else "by the payment gateway"
-    return Refund(_changed(state, OrderState(state.status, status), by,
-                           f"refund {refund_id} of {amount_cents} {currency} {who} ({after} of {paid} refunded)"),
-                  after)
+    change = Change(state, OrderState(state.status, status), by,
+                    f"refund {refund_id} of {amount_cents} {currency} {who} ({after} of {paid} refunded)",
+                    refund_id=refund_id, refund_cents=amount_cents)
+    return Refund(Decision(change.after, (change,)), after)

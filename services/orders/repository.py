@@ -178,6 +178,7 @@ def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tup
             payment=Payment(method=order.payment_method, provider=order.payment_provider),  # type: ignore[arg-type]
             refunded_cents=order.refunded_cents,
             refund_due_cents=core.refund_due(change.after, order.total_cents, order.refunded_cents),
+            refund_id=change.refund_id, refund_cents=change.refund_cents,
             **order.details,
         ))
     return rows, events, seq

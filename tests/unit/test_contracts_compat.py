@@ -58,8 +58,8 @@ CLAIMED: dict[str, set[str]] = {
     "checkout.started": {"marketing_consent"},
     "shop.settings": {"locale", "expire_unpaid_after_seconds", "recovery_reminders_seconds",
                       "recovery_requires_consent", "manage_stock"},
-    "order.status": {"refunded_cents", "refund_due_cents", "shipping_address", "billing_address", "shipping",
-                     "discount_cents", "tax_cents", "note", "locale"},
+    "order.status": {"refunded_cents", "refund_due_cents", "refund_id", "refund_cents", "shipping_address",
+                     "billing_address", "shipping", "discount_cents", "tax_cents", "note", "locale"},
 }
 """Top-level names each v1.1 model gives a shape to, that v1 ignored as unknown (DESIGN.md, "Contract v1.1")."""
 
