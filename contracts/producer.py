@@ -28,7 +28,11 @@ class StorefrontProducer:
         )
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # closed, so no "Unclosed AIOKafkaProducer" after a broker that is away
+            raise
 
     async def stop(self) -> None:
         await self._producer.stop()

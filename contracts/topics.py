@@ -12,6 +12,12 @@ from contracts.base import Event
 MAX_EVENT_BYTES = 512 * 1024
 """Larger values are dead-lettered unread; the broker itself accepts up to 2 MiB so they can be kept there."""
 
+DAY_MS = 24 * 3600 * 1000
+FOREVER = -1
+"""retention.ms=-1: kept until deleted by hand. Sources of truth a replay or rebuild reads from are kept forever."""
+DLQ_RETENTION_MS = 30 * DAY_MS
+"""Dead letters are kept 30 days: time to fix the cause and redrive."""
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -21,6 +27,8 @@ class TopicSpec:
     key_doc: str
     produced_by: str
     compacted: bool = False
+    retention_ms: int = FOREVER
+    """How long the broker keeps a record (retention.ms); compacted topics keep the latest per key forever."""
 
     @property
     def dlq(self) -> str:
@@ -29,6 +37,15 @@ class TopicSpec:
     @property
     def cleanup_policy(self) -> Literal["compact", "delete"]:
         return "compact" if self.compacted else "delete"
+
+    @property
+    def configs(self) -> dict[str, str]:
+        """The topic settings the catalogue declares (`orderflow topics` creates with them and reports drift)."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+    @property
+    def dlq_configs(self) -> dict[str, str]:
+        return {"cleanup.policy": "delete", "retention.ms": str(DLQ_RETENTION_MS)}
 
     def key_of(self, event: Event) -> str:
         return self.key(event)
@@ -42,8 +59,10 @@ def _shop_sku(e: Event) -> str:
     return f"{e.shop_id}/{e.sku}"  # type: ignore[attr-defined]
 
 
-CART_UPDATED = TopicSpec("cart.updated", ev.CartUpdated, _by("cart_id"), "cart_id", "storefront")
-CHECKOUT_STARTED = TopicSpec("checkout.started", ev.CheckoutStarted, _by("cart_id"), "cart_id", "storefront")
+CART_UPDATED = TopicSpec("cart.updated", ev.CartUpdated, _by("cart_id"), "cart_id", "storefront",
+                         retention_ms=90 * DAY_MS)
+CHECKOUT_STARTED = TopicSpec("checkout.started", ev.CheckoutStarted, _by("cart_id"), "cart_id", "storefront",
+                             retention_ms=90 * DAY_MS)  # abandonment windows are at most 30 days
 ORDER_PLACED = TopicSpec("order.placed", ev.OrderPlaced, _by("order_id"), "order_id", "storefront")
 PAYMENT_CONFIRMED = TopicSpec(
     "payment.confirmed", ev.PaymentConfirmed, _by("order_id"), "order_id", "payment gateway"
@@ -59,15 +78,16 @@ PAYMENT_REFUNDED = TopicSpec(
     "payment.refunded", ev.PaymentRefunded, _by("order_id"), "order_id", "payment gateway, back office"
 )
 ORDER_STATUS = TopicSpec("order.status", ev.OrderStatusChanged, _by("order_id"), "order_id", "orders")
-ORDER_MESSAGE = TopicSpec("order.message", ev.CustomerMessageRequested, _by("order_id"), "order_id", "orders")
+ORDER_MESSAGE = TopicSpec("order.message", ev.CustomerMessageRequested, _by("order_id"), "order_id", "orders",
+                          retention_ms=90 * DAY_MS)  # notify records what it sent
 INVENTORY_LEVELS = TopicSpec(
     "inventory.levels", ev.InventoryLevel, _shop_sku, "shop_id/sku", "inventory", compacted=True
 )
 INVENTORY_DEDUCTIONS = TopicSpec(
-    "inventory.deductions", ev.InventoryDeduction, _by("order_id"), "order_id", "inventory"
+    "inventory.deductions", ev.InventoryDeduction, _by("order_id"), "order_id", "inventory", retention_ms=90 * DAY_MS
 )
 CHECKOUT_ABANDONED = TopicSpec(
-    "checkout.abandoned", ev.CheckoutAbandoned, _by("cart_id"), "cart_id", "cart"
+    "checkout.abandoned", ev.CheckoutAbandoned, _by("cart_id"), "cart_id", "cart", retention_ms=90 * DAY_MS
 )
 
 INPUTS: tuple[TopicSpec, ...] = (

@@ -6,6 +6,7 @@ To add a command: write one `cmd_<name>(args) -> int` function and one `sub.add_
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -72,10 +73,20 @@ def cmd_env(_args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from orderflow import stack
+    from orderflow.infra.ports import run_coro
+    from orderflow.ops.topic_config import reconcile
 
-    for name, outcome in stack.create_topics(_bootstrap(), args.partitions).items():
-        print(f"{name:<32} {outcome}")
+    outcome, drift = run_coro(reconcile(_bootstrap(), args.partitions, apply=args.apply))
+    by_topic: dict[str, list[str]] = {}
+    for d in drift:
+        by_topic.setdefault(d.topic, []).append(f"set {d.key}={d.wanted} (was {d.current})" if args.apply
+                                                else f"DRIFT {d}")
+    for name, said in outcome.items():
+        print(f"{name:<32} {'; '.join([said, *by_topic.get(name, [])])}")
+    if drift and not args.apply:
+        print(f"{len(drift)} setting(s) of {len(by_topic)} topic(s) differ from the catalogue (contracts/topics.py); "
+              "`orderflow topics --apply` sets them")
+        return 1 if args.check else 0
     return 0
 
 
@@ -125,11 +136,31 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def service_names() -> list[str]:
+    """The services' names, from the folders that have a service.py (without importing them: --help stays quick)."""
+    import services
+
+    return sorted(p.parent.name for folder in services.__path__ for p in Path(folder).glob("*/service.py"))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orderflow")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 # --- parser ------------------------------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orderflow", description="orderflow: the order back end of a shop builder.")
+    p = argparse.ArgumentParser(
+        prog="orderflow", description="orderflow: the order back end of a shop builder.",
+        epilog="Broker and database: KAFKA_BOOTSTRAP_SERVERS (with KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, "
+        "KAFKA_SSL_CAFILE, as the workers) and DATABASE_URL, else the running local stack's (`orderflow env`).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("up", help="start broker, database, mail sink and every service; wait until healthy")
@@ -145,12 +176,19 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="is each part healthy? (exit 1 if not)").set_defaults(func=cmd_status)
     sub.add_parser("env", help="export lines for the running stack").set_defaults(func=cmd_env)
 
-    s = sub.add_parser("topics", help="create every registry topic and its .dlq (idempotent)")
-    s.add_argument("--partitions", type=int, default=None, help="default: $TOPIC_PARTITIONS or 8")
+    s = sub.add_parser("topics", help="create every catalogue topic and its .dlq; report settings that drifted",
+                       description="Create every topic of contracts/topics.py and its .dlq with the catalogue's "
+                       "cleanup policy, retention and size limit (idempotent), and report existing topics whose "
+                       "settings differ from it.")
+    s.add_argument("--partitions", type=int, default=None,
+                   help="for topics created now; default $TOPIC_PARTITIONS or 8")
+    s.add_argument("--apply", action="store_true",
+                   help="set the drifted settings of existing topics to the catalogue's")
+    s.add_argument("--check", action="store_true", help="exit 1 when settings drifted (and --apply was not given)")
     s.set_defaults(func=cmd_topics)
 
     s = sub.add_parser("worker", help="run worker(s) of one service in the foreground")
-    s.add_argument("service")
+    s.add_argument("service", choices=service_names(), help="which service: %(choices)s")
     s.add_argument("--workers", type=int, default=1, help="N processes, ports <SERVICE>_HTTP_PORT + i")
     s.add_argument("--data-dir", help="data folder (with N workers, each gets <dir>-<i>)")
     s.set_defaults(func=cmd_worker)
@@ -180,6 +218,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.command != "worker":  # an operator command says one line when the broker is away, not aiokafka's retries
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except (InfraError, argparse.ArgumentTypeError) as exc:
@@ -187,6 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from orderflow.ops.broker import unreachable
+
+        if (line := unreachable(exc)) is None:
+            raise
+        print(f"orderflow {args.command}: error: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,40 @@ class KafkaSecurity:
     sasl_password: str | None = None
     ssl_cafile: str | None = None
 
+    def client_options(self) -> dict[str, object]:
+        """aiokafka's keyword arguments for these settings: the workers' admin clients and every operator command
+        (`orderflow topics`, `dlq`, `replay`, `lag`, `simulate`, ...) reach a SASL/TLS broker the same way."""
+        options: dict[str, object] = {"security_protocol": self.protocol}
+        if self.protocol in {"SSL", "SASL_SSL"}:
+            options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.protocol.startswith("SASL"):
+            options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        return options
+
+
+def kafka_security(env: Mapping[str, str] | None = None) -> KafkaSecurity:
+    """KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE, checked; SettingsError names the bad one."""
+    env = os.environ if env is None else env
+    security = KafkaSecurity(
+        protocol=env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+        sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
+        sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+        sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+        ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
+    )
+    if security.protocol not in _SECURITY_PROTOCOLS:
+        allowed = sorted(_SECURITY_PROTOCOLS)
+        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={security.protocol!r} is not one of {allowed}")
+    if security.protocol.startswith("SASL"):
+        if security.sasl_mechanism not in _SASL_MECHANISMS:
+            raise SettingsError(f"KAFKA_SASL_MECHANISM must be one of {sorted(_SASL_MECHANISMS)} with SASL")
+        if not (security.sasl_username and security.sasl_password):
+            raise SettingsError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL")
+    if security.ssl_cafile and not Path(security.ssl_cafile).is_file():
+        raise SettingsError(f"KAFKA_SSL_CAFILE={security.ssl_cafile!r} is not a readable file")
+    return security
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -157,23 +192,7 @@ class Settings:
 def load_settings(service: str, port_env: str, default_port: int, env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting the service uses. Raises SettingsError on the first bad one."""
     env = os.environ if env is None else env
-    security = KafkaSecurity(
-        protocol=env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
-        sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
-        sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
-        sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
-        ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
-    )
-    if security.protocol not in _SECURITY_PROTOCOLS:
-        allowed = sorted(_SECURITY_PROTOCOLS)
-        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={security.protocol!r} is not one of {allowed}")
-    if security.protocol.startswith("SASL"):
-        if security.sasl_mechanism not in _SASL_MECHANISMS:
-            raise SettingsError(f"KAFKA_SASL_MECHANISM must be one of {sorted(_SASL_MECHANISMS)} with SASL")
-        if not (security.sasl_username and security.sasl_password):
-            raise SettingsError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL")
-    if security.ssl_cafile and not Path(security.ssl_cafile).is_file():
-        raise SettingsError(f"KAFKA_SSL_CAFILE={security.ssl_cafile!r} is not a readable file")
+    security = kafka_security(env)
 
     store = env.get("ORDERFLOW_STORE", "rocksdb")
     if store not in {"rocksdb", "memory"}:

@@ -106,10 +106,10 @@ def wanted_topics(partitions: int | None = None, brokers: int = 1) -> list[tuple
     durability = {"min.insync.replicas": str(min_isr)} if min_isr > 1 else {}
     wanted = []
     for spec in ALL:
-        wanted.append((spec.name, partitions, {"cleanup.policy": spec.cleanup_policy,
-                                               "max.message.bytes": str(MAX_MESSAGE_BYTES), **durability}))
-        wanted.append((spec.dlq, DLQ_PARTITIONS, {"cleanup.policy": "delete",
-                                                  "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES), **durability}))
+        wanted.append((spec.name, partitions, {**spec.configs, "max.message.bytes": str(MAX_MESSAGE_BYTES),
+                                               **durability}))
+        wanted.append((spec.dlq, DLQ_PARTITIONS, {**spec.dlq_configs, "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
+                                                  **durability}))
     return wanted
 
 
@@ -172,7 +172,9 @@ async def _raise_existing(admin: object, wanted: dict[str, dict[str, str]]) -> d
 async def _create_topics(bootstrap: str, partitions: int | None) -> dict[str, str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    from orderflow.ops.broker import options
+
+    admin = AIOKafkaAdminClient(**options(bootstrap, request_timeout_ms=30000))
     await admin.start()
     try:
         existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from orderflow.ops.broker import options
 from orderflow.ops.topics import UnknownTopic, partitions_of
 from orderflow.runtime.dlq import (
     HEADER_ERROR,
@@ -123,20 +124,20 @@ def describe(letter: DeadLetter) -> str:
 
 @asynccontextmanager
 async def _consumer(bootstrap: str, group_id: str | None = None) -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-                                fetch_max_bytes=8 * 1024 * 1024)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**options(bootstrap, group_id=group_id, enable_auto_commit=False,
+                                          auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+                                          fetch_max_bytes=8 * 1024 * 1024))
     try:
+        await consumer.start()
         yield consumer
     finally:
         await consumer.stop()
 
 
 async def _assign_all(consumer: AIOKafkaConsumer, bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**options(bootstrap))
     try:
+        await admin.start()
         tps = await partitions_of(admin, [topic])
     except UnknownTopic as exc:
         raise DlqError(str(exc)) from None
@@ -202,8 +203,6 @@ async def redrive(bootstrap: str, topic: str, *, dry_run: bool = False, group_id
     """
     name = topic if topic.endswith(".dlq") else dlq_topic(topic)
     report = RedriveReport(dry_run=dry_run)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                max_request_size=4 * 1024 * 1024)
     async with _consumer(bootstrap, group_id or redrive_group(name)) as consumer:
         tps = await _assign_all(consumer, bootstrap, name)
         ends = await consumer.end_offsets(tps)
@@ -213,9 +212,11 @@ async def redrive(bootstrap: str, topic: str, *, dry_run: bool = False, group_id
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, committed)
-        if not dry_run:
-            await producer.start()
+        producer = AIOKafkaProducer(**options(bootstrap, acks="all", enable_idempotence=True,
+                                              max_request_size=4 * 1024 * 1024))
         try:
+            if not dry_run:
+                await producer.start()
             async for batch in _records_until(consumer, ends):
                 letters = [DeadLetter.from_record(r, name) for r in batch]
                 report.stubs += sum(letter.stub for letter in letters)
@@ -231,8 +232,7 @@ async def redrive(bootstrap: str, topic: str, *, dry_run: bool = False, group_id
                     if on_letter:
                         on_letter(letter)
         finally:
-            if not dry_run:
-                await producer.stop()
+            await producer.stop()  # also when never started (a dry run, a broker gone meanwhile)
     return report
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from orderflow.ops.broker import options
 from orderflow.ops.topics import UnknownTopic, partitions_of
 
 Control = Callable[[], Awaitable[None] | None]
@@ -109,12 +110,16 @@ class GroupOffsets:
 
     def __init__(self, bootstrap: str) -> None:
         self._bootstrap = bootstrap
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.admin = AIOKafkaAdminClient(**options(bootstrap, request_timeout_ms=30000))
+        self.consumer = AIOKafkaConsumer(**options(bootstrap, enable_auto_commit=False))
 
     async def __aenter__(self) -> GroupOffsets:
-        await self.admin.start()
-        await self.consumer.start()
+        try:
+            await self.admin.start()
+            await self.consumer.start()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -151,7 +156,7 @@ class GroupOffsets:
         return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in tps}
 
     async def commit(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
-        committer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=group_id, enable_auto_commit=False)
+        committer = AIOKafkaConsumer(**options(self._bootstrap, group_id=group_id, enable_auto_commit=False))
         await committer.start()
         try:
             committer.assign(list(offsets))

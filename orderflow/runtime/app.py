@@ -17,6 +17,7 @@ From topic to handler (runtime v2):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import ssl
@@ -32,7 +33,7 @@ from mode import Service
 from contracts import ContractError, Event, TopicSpec, decode
 from orderflow.runtime import db, faust_adapter, outbox
 from orderflow.runtime.dlq import DeadLetters, Source
-from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify, describe
+from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify, describe, is_race
 from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
 from orderflow.runtime.outbox import BrokerTopics, OutboxRelay
@@ -56,6 +57,11 @@ Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
 """`async def handle(uow, events)`: a plain module-level function (see `unit.py`)."""
 
 COMMIT_SECONDS = 1.0
+LAG_SECONDS = 2.0
+READY_GRACE_SECONDS = 30.0
+"""A rebalance, or a handler pausing for a lock race, shorter than this keeps the worker ready (/health/ready): a
+routine rebalance takes a few seconds and routing traffic away for it helps nobody. A dependency that is down (the
+database check fails) makes it not ready at once."""
 DRAIN_SECONDS = 30.0
 
 
@@ -135,9 +141,13 @@ class Runtime(Service):
         self._assigned_once = False
         self._gates: dict[Any, PartitionGate] = {}
         self._unsent: dict[Any, int] = {}  # positions committed in PostgreSQL, not yet on the broker
+        self._idle_positions: dict[Any, int | None] = {}  # stored positions of assigned partitions not read yet
         self._consumed: set[str] = set()
         self._settled: set[tuple[str, ...] | None] = set()  # topics with no replay goal left (then trusted)
         self._waiting: dict[str, str] = {}  # what is waiting on a dependency -> the last error
+        self._waiting_since: dict[str, float] = {}
+        self._down: set[str] = set()  # waiting because a dependency is away (not a lock race): not ready at once
+        self._rebalancing_since: float | None = None
         self._health_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
         self._drains: list[Callable[[], None]] = []
@@ -195,6 +205,7 @@ class Runtime(Service):
         self.add_future(self._prune_outbox())
         self.add_future(self._commit_positions_to_broker())
         self.add_future(self._seek_watchdog())
+        self.add_future(self._track_lag())
         for fn in self._background:
             self._running.append(self.add_future(self._keep_running(fn)))
 
@@ -235,13 +246,20 @@ class Runtime(Service):
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """Positions are read again from PostgreSQL on the next record of each assigned partition."""
         self._assigned_once = True
+        self._rebalancing_since = None
         for tp in assigned:
             self._gates.pop(tp, None)
+            self._idle_positions.pop(tp, None)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        if self._rebalancing_since is None:
+            self._rebalancing_since = time.monotonic()
         for tp in revoked:
             self._gates.pop(tp, None)
             self._unsent.pop(tp, None)
+            self._idle_positions.pop(tp, None)
+            with contextlib.suppress(KeyError):  # never measured
+                self.metrics.consumer_lag.remove(self.group, tp.topic, str(tp.partition))
 
     async def health(self) -> dict[str, Any]:
         report: dict[str, Any] = {"service": self.service}
@@ -251,14 +269,28 @@ class Runtime(Service):
             report["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as one line
             report["database"] = f"error: {describe(exc)}"
-        report["consumer"] = "assigned" if self._assigned_once and not self.app.rebalancing else "waiting"
+        now = time.monotonic()
+        report["consumer"] = self._consumer_state(now)
         if self._waiting:
             report["paused"] = dict(self._waiting)
         for check in self._health_checks:
             report.update(await check())
-        report["ready"] = (report["database"] == "ok" and report["consumer"] == "assigned" and not self._waiting
+        stuck = [what for what, since in self._waiting_since.items() if now - since >= READY_GRACE_SECONDS]
+        report["ready"] = (report["database"] == "ok" and report["consumer"] in {"assigned", "rebalancing"}
+                           and not stuck and not self._down
                            and all(v in {"ok", "assigned"} for k, v in report.items() if k.endswith("_check")))
         return report
+
+    def _consumer_state(self, now: float) -> str:
+        """assigned; rebalancing (for less than READY_GRACE_SECONDS: still ready); waiting (not ready)."""
+        if not self._assigned_once:
+            return "waiting"  # starting: no partition yet
+        if not self.app.rebalancing:
+            self._rebalancing_since = None
+            return "assigned"
+        if self._rebalancing_since is None:
+            self._rebalancing_since = now
+        return "rebalancing" if now - self._rebalancing_since < READY_GRACE_SECONDS else "waiting"
 
     def render_metrics(self) -> bytes:
         self.metrics.outbox_depth.set(self.outbox.depth)
@@ -303,12 +335,19 @@ class Runtime(Service):
 
     def _pause(self, what: str, exc: BaseException, attempt: int) -> None:
         self._waiting[what] = describe(exc)
+        self._waiting_since.setdefault(what, time.monotonic())
+        if is_race(exc):
+            self._down.discard(what)
+        else:
+            self._down.add(what)
         self.metrics.retries.labels(what).inc()
         self.metrics.paused.labels(what).set(1)
         log.log(logging.WARNING if attempt in (1, 5) or attempt % 20 == 0 else logging.DEBUG,
                 "%s: waiting for a dependency (attempt %d): %s", what, attempt, describe(exc))
 
     def _resume(self, what: str) -> None:
+        self._waiting_since.pop(what, None)
+        self._down.discard(what)
         if self._waiting.pop(what, None) is not None:
             self.metrics.paused.labels(what).set(0)
             log.info("%s: dependency back; going on", what)
@@ -538,6 +577,41 @@ class Runtime(Service):
                 log.info("positions not committed to the broker: %s", describe(exc))
                 for tp, offset in offsets.items():
                     self._unsent.setdefault(tp, offset)
+
+    async def _track_lag(self) -> None:
+        """`orderflow_consumer_lag` of every assigned source partition, every LAG_SECONDS."""
+        while not self.should_stop:
+            await self.sleep(LAG_SECONDS)
+            if self.app.rebalancing:
+                continue
+            try:
+                await self._measure_lag()
+            except Exception as exc:  # noqa: BLE001 - a figure only: measured again next time
+                log.debug("consumer lag not measured: %s", describe(exc))
+
+    async def _measure_lag(self) -> None:
+        tps = [tp for tp in self.app.consumer.assignment() if tp.topic in self._consumed]
+        if not tps:
+            return
+        ends = await self.app.consumer.highwaters(*tps)
+        positions = {tp: gate.position for tp in tps if (gate := self._gates.get(tp)) is not None}
+        unread = [tp for tp in tps if positions.get(tp) is None]
+        for topic in {tp.topic for tp in unread if tp not in self._idle_positions}:
+            wanted = [tp for tp in unread if tp.topic == topic and tp not in self._idle_positions]
+            stored = await load_positions(await self.pool(), self.group, topic, [tp.partition for tp in wanted])
+            for tp in wanted:  # no record read since the assignment: its stored position cannot have moved
+                self._idle_positions[tp] = stored.get(tp.partition)
+        never = [tp for tp in unread if self._idle_positions.get(tp) is None]
+        earliest = await self.app.consumer.earliest_offsets(*never) if never else {}
+        for tp in tps:
+            position = positions.get(tp)
+            if position is None:
+                position = self._idle_positions.get(tp)
+            if position is None:
+                position = earliest.get(tp)  # nothing stored: the group starts at the earliest record
+            if position is not None and ends.get(tp) is not None:
+                self.metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
+                    max(0, ends[tp] - position))
 
     async def _seek_watchdog(self) -> None:
         """A seek whose first record never came is made again (faust can drop the records read again)."""

@@ -74,6 +74,14 @@ def classify(exc: BaseException) -> Cause:
     return Cause.EVENT
 
 
+RACE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})  # serialization failure, deadlock, lock not available
+
+
+def is_race(exc: BaseException) -> bool:
+    """A race with another worker or transaction (tried again at once, over in a moment), not a dependency away."""
+    return isinstance(exc, LostRace) or sqlstate(exc) in RACE_SQLSTATES
+
+
 def describe(exc: BaseException) -> str:
     """One line for a log, a health report or a dead letter's header; no DSN (and so no password) in it."""
     code = sqlstate(exc)

@@ -114,6 +114,20 @@ def bearer_auth(token: str, handler: Handler) -> Handler:
     return guarded
 
 
+def public_health(report: dict[str, Any]) -> dict[str, Any]:
+    """The health report without error text (which can name hosts, users, paths): each part's state word only,
+    what is paused by name only. The full report is for the bearer of the back-office token."""
+    public: dict[str, Any] = {}
+    for key, value in report.items():
+        if isinstance(value, str):
+            public[key] = value.split(":", 1)[0]
+        elif isinstance(value, dict):
+            public[key] = sorted(value)
+        else:
+            public[key] = value
+    return public
+
+
 class HttpSurface:
     def __init__(self, port: int, token: str, health: Callable[[], Awaitable[dict[str, Any]]],
                  metrics: Callable[[], bytes]) -> None:
@@ -124,14 +138,22 @@ class HttpSurface:
         self._health = health
         self._metrics = metrics
         self.app.router.add_get("/health", self._get_health)
+        self.app.router.add_get("/health/ready", self._get_health)
+        self.app.router.add_get("/health/live", self._get_live)
         self.app.router.add_get("/metrics", self._get_metrics)
         self.app.router.add_get("/openapi.json", self._get_openapi)
         self.title = "orderflow"
         """The OpenAPI document's title (the Runtime names its service)."""
         self.docs: dict[tuple[str, str], openapi.RouteDoc] = {
             ("GET", "/health"): openapi.RouteDoc(
-                "whether the worker is ready: 200 when it is, 503 with the reason when it is not", errors=(503,),
-                bearer=False, tags=("operations",)),
+                "the same as /health/ready", errors=(503,), bearer=False, tags=("operations",)),
+            ("GET", "/health/ready"): openapi.RouteDoc(
+                "whether the worker is ready: 200 when it is, 503 when it is not; each part's state, with the "
+                "errors only for the bearer of the back-office token", errors=(503,), bearer=False,
+                tags=("operations",)),
+            ("GET", "/health/live"): openapi.RouteDoc(
+                "200 while the worker's event loop answers (restart it when this fails)", bearer=False,
+                tags=("operations",)),
             ("GET", "/metrics"): openapi.RouteDoc("Prometheus metrics", content="text/plain", bearer=False,
                                                   tags=("operations",)),
             ("GET", "/openapi.json"): openapi.RouteDoc("this document", bearer=False, tags=("operations",)),
@@ -153,7 +175,17 @@ class HttpSurface:
 
     async def _get_health(self, request: web.Request) -> web.Response:
         report = await self._health()
+        if not self.authorized(request):
+            report = public_health(report)
         return json_response(report, status=200 if report.get("ready") else 503)
+
+    async def _get_live(self, request: web.Request) -> web.Response:
+        return json_response({"live": True})
+
+    def authorized(self, request: web.Request) -> bool:
+        """The request carries the back-office (operator) token."""
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
 
     async def _get_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8")

@@ -1,8 +1,20 @@
-"""Prometheus metrics every service has; a service adds its own to the same registry."""
+"""Prometheus metrics every service has; a service adds its own to the same registry.
+
+The registry is the runtime's own (several runtimes share a test process), with the collectors prometheus_client
+puts in its default one: process_* (CPU, memory, open files), python_info and python_gc_*."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from orderflow.runtime.outbox import parked_rows
 
@@ -11,6 +23,9 @@ class RuntimeMetrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.events_in = Counter("orderflow_events_in_total", "Events consumed, by topic", ["topic"], registry=r)
         self.dead_letters = Counter(
             "orderflow_dead_letters_total", "Events sent to a DLQ, by source topic and kind", ["topic", "kind"],
@@ -37,6 +52,11 @@ class RuntimeMetrics:
                                    "Outbox rows parked: never publishable as they are (orderflow outbox list)",
                                    registry=r)
         self.outbox_parked.set_function(parked_rows)
+        self.consumer_lag = Gauge(
+            "orderflow_consumer_lag",
+            "Records of an assigned partition not yet applied: its high watermark minus the position stored in "
+            "PostgreSQL (what `orderflow lag` shows from the broker's committed offsets, which follow it)",
+            ["group", "topic", "partition"], registry=r)
         self.info = Gauge("orderflow_service_info", "Which service this is", ["service"], registry=r)
         self.info.labels(service=service).set(1)
 

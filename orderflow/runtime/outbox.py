@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 import weakref
 import zlib
@@ -343,15 +342,8 @@ class BrokerTopics:
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerTopics:
         """The same broker and security settings as the worker's faust app."""
-        sec = settings.kafka_security
-        options: dict[str, object] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
-                                      "security_protocol": sec.protocol, "request_timeout_ms": 10000}
-        if sec.protocol in {"SSL", "SASL_SSL"}:
-            options["ssl_context"] = ssl.create_default_context(cafile=sec.ssl_cafile)
-        if sec.protocol.startswith("SASL"):
-            options.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
-                           sasl_plain_password=sec.sasl_password)
-        return cls(**options)
+        return cls(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000,
+                   **settings.kafka_security.client_options())
 
     async def __call__(self, topic: str) -> bool | None:
         from aiokafka.admin import AIOKafkaAdminClient

@@ -59,10 +59,11 @@ def mix_from(args: argparse.Namespace) -> Mix:
 
 async def simulate(args: argparse.Namespace) -> tuple[Scenario, DriveReport]:
     from contracts.producer import StorefrontProducer
+    from orderflow.ops.broker import options
 
     scenario = Scenario.generate(args.seed, args.count, mix_from(args), namespace=args.namespace)
     pace = Pace(rate=args.rate, unit=args.unit, duration=args.duration)
-    async with StorefrontProducer(bootstrap_servers(), linger_ms=5) as producer:
+    async with StorefrontProducer(**options(bootstrap_servers(), linger_ms=5)) as producer:
         if args.quiet:
             report = await drive(scenario, producer, pace)
         else:

@@ -45,6 +45,7 @@ from contracts import (
 )
 from contracts.producer import StorefrontProducer
 from orderflow.infra.mailbox import Mailbox, open_mailbox
+from orderflow.ops.broker import options
 
 ABANDON_AFTER_SECONDS = 3
 WAIT = 25.0
@@ -427,7 +428,7 @@ def _ids(response: httpx.Response) -> set[str]:
 async def run_demo(ep: Endpoints, say: Callable[[str], None] = print) -> Story:
     story = Story(say=say)
     started = time.monotonic()
-    async with StorefrontProducer(ep.bootstrap) as producer, httpx.AsyncClient(timeout=10) as http:
+    async with StorefrontProducer(**options(ep.bootstrap)) as producer, httpx.AsyncClient(timeout=10) as http:
         demo = Demo(ep, producer, http, story)
         twin = Demo(ep, producer, http, Story(tag=story.tag, rules=story.rules, say=say, twin=True))
         await demo.setup()
