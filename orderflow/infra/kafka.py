@@ -38,10 +38,15 @@ def libs_dir() -> Path:
     return cache_dir() / "libs"
 
 
+REQUIRED_JARS = (f"kafka_2.13-{KAFKA_VERSION}.jar", f"kafka-tools-{KAFKA_VERSION}.jar")
+
+
 def ensure_jars() -> Path:
-    """Fetch the broker's jars with Maven once; a download is only taken as done after an atomic rename."""
+    """Fetch the broker's and the tools' jars with Maven once; a download is only taken as done after an atomic
+    rename. A cache made before the tools were in the pom gets the missing jars added beside the others (added, never
+    replaced: a running broker reads its jars from there)."""
     libs = libs_dir()
-    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+    if all((libs / jar).exists() for jar in REQUIRED_JARS):
         return libs
     if not shutil.which("mvn"):
         raise InfraError("Maven (mvn) is needed to fetch the Kafka jars: apt-get install -y maven")
@@ -55,7 +60,11 @@ def ensure_jars() -> Path:
         )
         if not (staging / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
             raise InfraError(f"mvn finished but kafka_2.13-{KAFKA_VERSION}.jar is missing from {staging}")
-        if libs.exists():  # another run finished first
+        if libs.exists():  # another run finished first, or an older cache without the tools
+            for jar in staging.iterdir():
+                if not (libs / jar.name).exists():
+                    shutil.copy2(jar, libs / f".{jar.name}.partial")
+                    (libs / f".{jar.name}.partial").rename(libs / jar.name)
             shutil.rmtree(staging)
         else:
             staging.rename(libs)

@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 def add_parsers(sub: argparse._SubParsersAction, bootstrap: Callable[[], str],
                 database_url: Callable[[], str]) -> None:
-    """Add `dlq`, `lag`, `outbox`, `replay` and `rebuild`; the callables resolve the broker and database when a command
-    runs."""
-    from orderflow.ops import dlq, lag, outbox, replay
+    """Add `dlq`, `lag`, `kafka-tool`, `outbox`, `replay` and `rebuild`; the callables resolve the broker and database
+    when a command runs."""
+    from orderflow.ops import dlq, kafka_tool, lag, outbox, replay
 
     dlq.add_parser(sub, bootstrap)
     lag.add_parser(sub, bootstrap)
+    kafka_tool.add_parser(sub, bootstrap)
     outbox.add_parser(sub, database_url)
     replay.add_parsers(sub, bootstrap, database_url)

@@ -2,8 +2,9 @@
 
 Lag is the partition's end offset minus the group's committed offset. The workers commit to the broker, every
 second, the positions they stored in PostgreSQL with their effects (`orderflow/runtime/app.py`), so this is what
-each worker's `orderflow_consumer_lag` gauge says, up to a second behind. A partition the group never committed
-does not show (as with Kafka's own `kafka-consumer-groups --describe`).
+each worker's `orderflow_consumer_lag` gauge says, up to a second behind. A partition of a topic the group reads but
+never committed (no record there yet when it last ran) counts from the partition's earliest offset, where the
+workers start (`-` in COMMITTED): a backlog there shows too, unlike in `kafka-consumer-groups --describe`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from orderflow.ops.broker import options
+from orderflow.ops.topics import partitions_of
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,14 @@ class PartitionLag:
     group: str
     topic: str
     partition: int
-    committed: int
+    committed: int | None
+    """None: never committed; the group starts at `start`, the partition's earliest offset."""
+    start: int
     end: int
 
     @property
     def lag(self) -> int:
-        return max(0, self.end - self.committed)
+        return max(0, self.end - (self.committed if self.committed is not None else self.start))
 
 
 def group_prefix() -> str:
@@ -50,15 +54,17 @@ async def measure(bootstrap: str, groups: list[str] | None = None) -> list[Parti
         if not groups:
             prefix = group_prefix()
             groups = sorted(g for g, *_ in await admin.list_consumer_groups() if g.startswith(prefix))
-        committed = {group: await admin.list_consumer_group_offsets(group) for group in groups}
-        tps = {tp for offsets in committed.values() for tp in offsets}
-        ends = await consumer.end_offsets(list(tps)) if tps else {}
+        committed = {group: {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
+                             if meta.offset >= 0} for group in groups}
+        topics = sorted({tp.topic for offsets in committed.values() for tp in offsets})
+        every = await partitions_of(admin, topics) if topics else []
+        starts = await consumer.beginning_offsets(every) if every else {}
+        ends = await consumer.end_offsets(every) if every else {}
     finally:
         await consumer.stop()
         await admin.close()
-    rows = [PartitionLag(group, tp.topic, tp.partition, meta.offset, ends[tp])
-            for group, offsets in committed.items() for tp, meta in offsets.items()
-            if meta.offset >= 0 and tp in ends]
+    rows = [PartitionLag(group, tp.topic, tp.partition, offsets.get(tp), starts[tp], ends[tp])
+            for group, offsets in committed.items() for tp in every if tp.topic in {t.topic for t in offsets}]
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
 
 
@@ -70,7 +76,8 @@ def table(rows: list[PartitionLag], *, nonzero: bool = False) -> list[str]:
         totals[row.group] = totals.get(row.group, 0) + row.lag
         if nonzero and not row.lag:
             continue
-        lines.append(f"{row.group:<28} {row.topic:<28} {row.partition:>9} {row.committed:>10} {row.end:>10} "
+        committed = "-" if row.committed is None else row.committed
+        lines.append(f"{row.group:<28} {row.topic:<28} {row.partition:>9} {committed:>10} {row.end:>10} "
                      f"{row.lag:>8}")
     lines += [f"{group:<28} {'(total)':<28} {'':>9} {'':>10} {'':>10} {total:>8}" for group, total in totals.items()]
     if not rows:

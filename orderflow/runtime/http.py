@@ -101,6 +101,16 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return error(500, "internal error")
 
 
+@web.middleware
+async def _refuse_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """PostgreSQL text cannot hold NUL: a path segment or query value with one is the client's error (400), not a
+    500 from the database (tests/integration/test_api_fuzz.py sends one in every parameter)."""
+    for name, value in (*request.match_info.items(), *request.query.items()):
+        if "\x00" in name or "\x00" in value:
+            return error(400, "path segments and query parameters must not contain NUL characters")
+    return await handler(request)
+
+
 def bearer_auth(token: str, handler: Handler) -> Handler:
     """A missing or wrong token is 401; the comparison takes constant time."""
 
@@ -133,7 +143,7 @@ class HttpSurface:
                  metrics: Callable[[], bytes]) -> None:
         self.port = port
         self.token = token
-        self.app = web.Application(middlewares=[_json_errors], client_max_size=2 * 1024 * 1024)
+        self.app = web.Application(middlewares=[_json_errors, _refuse_nul], client_max_size=2 * 1024 * 1024)
         self._runner: web.AppRunner | None = None
         self._health = health
         self._metrics = metrics

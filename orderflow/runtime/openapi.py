@@ -141,7 +141,8 @@ def operation(
         success["content"] = {doc.content: {"schema": doc.result if doc.content == "application/json" else TEXT}}
     responses: dict[str, Any] = {str(doc.status): success}
     bearer = auth if doc.bearer is None else doc.bearer
-    statuses = set(doc.errors) | ({401} if bearer else set()) | ({400} if doc.body or doc.query else set()) | {503}
+    # 400 wherever the client gives a value: a body, a query or a path parameter (a NUL in any is refused)
+    statuses = set(doc.errors) | ({401} if bearer else set()) | ({400} if doc.body or params else set()) | {503}
     for status in sorted(statuses):
         responses[str(status)] = _error(ERROR_TEXT.get(status, "refused"))
     op = {"summary": doc.summary, "operationId": operation_id(method, path), "responses": responses}

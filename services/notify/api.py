@@ -14,16 +14,17 @@ from typing import Any
 from aiohttp import web
 from pydantic import model_validator
 
-from contracts.base import Model
+from contracts.base import Identifier, Model, Text
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
 from orderflow.runtime.openapi import TEXT, Param, RouteDoc, integer, one_of
 from services.notify import repository
 
 
 class RetryBody(Model):
-    ref: str | None = None
-    kind: str | None = None
-    shop: str | None = None
+    # The contract's bounded, control-character-free types: a NUL in a plain str reached PostgreSQL as a 500.
+    ref: Text | None = None
+    kind: Text | None = None
+    shop: Identifier | None = None
     failed: bool = False
 
     @model_validator(mode="after")
