@@ -14,8 +14,9 @@ then holds the broker down for 20 s, starts it again on the same ports and data 
 partition's in-sync replicas. The settle and invariants are the fault suite's (`harness.settle`); the load carries no
 bad message, so the dead-letter check demands that none of the namespace's events was dead-lettered.
 
-Costs about 3 minutes on the shared 2-core machine (three JVMs starting, the load, 20 s down, the catch-up), so it
-runs in the fault loop (`tests/faults/loop.sh 3 leader`), not in `make test`.
+Costs 4.5 to 6 minutes on the shared 2-core machine (measured 260-353 s with a load average of 17-38: the three JVMs
+start in 60-110 s, the killed one restarts in about 70 s of which 16 s are its unclean log recovery), so it runs in
+the fault loop (`LOOP_TESTS=tests/faults/test_cluster_leader_kill.py tests/faults/loop.sh 3`), not in `make test`.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.fault_loop]
 
 BROKERS = 3
 DOWN_SECONDS = 20.0
+JVM_START_TIMEOUT = 180.0
+"""A broker JVM took up to 110 s to start here on two cores shared with other test runs (90 s is the default)."""
 BUSY_TOPIC = topics.ORDER_PLACED.name
 BUSY_PARTITION = 0
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kafka.KafkaCluster]:
-    started = kafka.start_cluster(tmp_path_factory.mktemp("kafka-cluster"), BROKERS)
+    started = kafka.start_cluster(tmp_path_factory.mktemp("kafka-cluster"), BROKERS, timeout=JVM_START_TIMEOUT)
     print(f"\n{BROKERS}-broker cluster at {started.bootstrap} started in {started.started_in:.1f} s")
     try:
         local_stack.create_topics(started.bootstrap)
@@ -131,7 +134,7 @@ async def test_leader_of_a_busy_partition_sigkilled_for_20s_mid_load(
             seen["health"] = await hold(stack, max(0.0, DOWN_SECONDS - (time.monotonic() - began)))
         finally:
             seen["down_for"] = time.monotonic() - began
-            await asyncio.to_thread(victim.start)
+            await asyncio.to_thread(victim.start, JVM_START_TIMEOUT)
         await wait_partition(
             cluster.bootstrap,
             lambda _l, _r, isr: leader in isr,
