@@ -11,6 +11,8 @@ the models v1.1 left alone are v1's own classes. What is new:
 - `order.status`: payment statuses `partially_refunded` and `refunded`; `refunded_cents`, `refund_due_cents`
   (default 0); `refund_id` and `refund_cents` on the change a refund made (notify's "refunded" mail, once per
   refund); and the order's own v1.1 fields as order.placed gave them (all optional), for the merchant's mail;
+- `checkout.abandoned`: `reminder` (which of the shop's recovery reminders, from 0; default 0) and `unsubscribe_url`
+  (the link that stops further reminders for that e-mail in that shop; optional);
 - the input topic `payment.refunded` (`PaymentRefunded`).
 
 Bounds as everywhere else (`contracts/base.py`): money ≤ MAX_INT cents, texts bounded and free of control characters,
@@ -36,13 +38,13 @@ from contracts.base import (
     Model,
     Note,
     Text,
+    Url,
 )
 from contracts.v1 import (
     CartCustomer,
     CartItem,
     CartUpdated,
     ChangedBy,
-    CheckoutAbandoned,
     Customer,
     CustomerMessageRequested,
     DeductionKind,
@@ -161,6 +163,14 @@ class PaymentRefunded(Event):
 
 
 # --- outputs -------------------------------------------------------------------------------------------------
+
+
+class CheckoutAbandoned(v1.CheckoutAbandoned):
+    """One per (checkout, reminder): the shop's `recovery_reminders_seconds` may ask for up to three."""
+
+    reminder: int = Field(default=0, ge=0, le=2, description="which reminder this is: 0 for the first, up to 2")
+    unsubscribe_url: Url | None = Field(default=None,
+                                        description="stops further reminders for this e-mail in this shop")
 
 
 class OrderStatusChanged(v1.OrderStatusChanged):

@@ -164,6 +164,8 @@ class Settings:
     topic_replication_factor: int = 1
     abandon_after_seconds: int = 3600
     public_store_url: str = "http://localhost:8000"
+    public_cart_url: str = "http://localhost:8102"
+    """Where customers reach the cart service's HTTP (recovery e-mails' unsubscribe links point there)."""
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_username: str | None = None
@@ -213,6 +215,7 @@ def load_settings(service: str, port_env: str, default_port: int, env: Mapping[s
         topic_replication_factor=_int(env, "TOPIC_REPLICATION_FACTOR", 1, 1, 16),
         abandon_after_seconds=_int(env, "ABANDON_AFTER_SECONDS", 3600, 1, 30 * 24 * 3600),
         public_store_url=_http_url("PUBLIC_STORE_URL", env.get("PUBLIC_STORE_URL", "http://localhost:8000")),
+        public_cart_url=_http_url("PUBLIC_CART_URL", env.get("PUBLIC_CART_URL", "http://localhost:8102")),
         smtp_host=_smtp_host(env.get("SMTP_HOST", "127.0.0.1")),
         smtp_port=_int(env, "SMTP_PORT", 25, 1, 65535),
         smtp_username=env.get("SMTP_USERNAME") or None,

@@ -8,10 +8,19 @@ Cart ids are unique within a shop only, and a cart holds a customer's e-mail and
   use the id), without the customer.
 Otherwise 401. Another shop's cart is 404 like a missing one. Failed keys and tokens count against the address's
 budget (10 a minute, then 429). Items out of stock stay listed with quantity_shown 0 and "out of stock".
+
+The view says how the storefront resumes it (`resume`): `{"kind": "cart"}` and the cart's items for an open cart;
+for a cart whose gateway order was never paid, the order's items and `{"kind": "payment", "order_id": …}`, so the
+customer who follows a recovery link lands on something to pay, not on an empty cart.
+
+GET/POST /unsubscribe?shop_id=&email=&token=: a recovery e-mail's unsubscribe link (`recovery.sign_unsubscribe`).
+GET only shows what a POST would do (mail scanners fetch links); POST records it — the page's button, or RFC 8058's
+one-click POST (`List-Unsubscribe=One-Click`) from the mail client.
 """
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +34,7 @@ from orderflow.auth.credentials import Throttle, Verifier
 from orderflow.runtime.http import ApiError, error, json_response
 from orderflow.runtime.openapi import TEXT, Param, RouteDoc
 from services.cart import recovery, repository
-from services.cart.core import LineStatus, show_cart
+from services.cart.core import CheckoutState, LineStatus, show_cart
 
 MISSING = "a storefront key (Authorization: Bearer ofs_…), a recovery link's token (?shop_id=&token=) or the " \
           "operator's token is needed"
@@ -89,15 +98,85 @@ def cart_view_handler(pool: Callable[[], Awaitable[asyncpg.Pool]], out_of_stock_
                 "updated_at": cart["updated_at"]}
         if with_customer:
             body["customer"] = cart["customer"]
+        items = cart["items"]
         if cart["status"] == "ordered":
-            # An order empties the cart; what it held stays visible for reference only.
-            body.update(order_id=cart["order_id"], items=[], ordered_items=cart["items"])
-            return json_response(body)
-        levels = await repository.levels_for(db, cart["shop_id"], [i["sku"] for i in cart["items"]])
-        lines = show_cart(cart["items"], levels)
+            # An order empties the cart; what it held stays visible for reference only, unless the order is a
+            # gateway order never paid: then its items are what the customer comes back for, and its payment.
+            watch = await repository.load_checkout(db, shop_id, cart_id)
+            if not (watch is not None and watch.order_id == cart["order_id"]
+                    and watch.state in {CheckoutState.OPEN, CheckoutState.ABANDONED}):
+                body.update(order_id=cart["order_id"], items=[], ordered_items=cart["items"])
+                return json_response(body)
+            items = watch.items
+            body.update(order_id=cart["order_id"], resume={"kind": "payment", "order_id": cart["order_id"]})
+        else:
+            body["resume"] = {"kind": "cart"}
+        levels = await repository.levels_for(db, cart["shop_id"], [i["sku"] for i in items])
+        lines = show_cart(items, levels)
         out_of_stock_shown.inc(sum(1 for line in lines if line.status == LineStatus.OUT_OF_STOCK))
         body["items"] = [asdict(line) for line in lines]
         return json_response(body)
 
     return get_cart
 
+
+
+UNSUBSCRIBE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title></head>
+<body><main>
+<h1>{title}</h1>
+<p>{text}</p>
+{form}
+</main></body></html>
+"""
+
+UNSUBSCRIBE_FORM = ('<form method="post"><input type="hidden" name="confirm" value="yes">'
+                    '<button type="submit">Unsubscribe</button></form>')
+
+
+def _page(title: str, text: str, form: str = "", status: int = 200) -> web.Response:
+    return web.Response(text=UNSUBSCRIBE_PAGE.format(title=html.escape(title), text=html.escape(text), form=form),
+                        content_type="text/html", status=status)
+
+
+def _wants_json(request: web.Request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def unsubscribe_handler(pool: Callable[[], Awaitable[asyncpg.Pool]], recovery_key: bytes,
+                        recorded: Callable[[str], None], throttle: Throttle | None = None,
+                        ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET shows the confirmation, POST records the unsubscribe (a repeat changes nothing and answers the same)."""
+    throttle = throttle or Throttle()
+
+    async def unsubscribe(request: web.Request) -> web.Response:
+        who = request.remote or "unknown"
+        if (wait := throttle.retry_after(who)) > 0:
+            response = error(429, "too many failed tokens from this address; try again shortly")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
+        shop_id, email = request.query.get("shop_id", ""), request.query.get("email", "")
+        if not (shop_id and email and recovery.verify_unsubscribe(recovery_key, request.query.get("token"),
+                                                                   shop_id, email, time.time())):
+            throttle.record(who)
+            if _wants_json(request) or request.method == "POST":
+                return error(401, "this unsubscribe link is not valid (or has expired)")
+            return _page("Link not valid", "This unsubscribe link is not valid or has expired.", status=401)
+        email = recovery.normalized_email(email)
+        db = await pool()
+        if request.method == "GET":
+            done = await repository.is_unsubscribed(db, shop_id, email)
+            if _wants_json(request):
+                return json_response({"shop_id": shop_id, "email": email, "unsubscribed": done})
+            if done:
+                return _page("Unsubscribed", f"{email} gets no more cart reminders from this shop.")
+            return _page("Unsubscribe", f"Stop cart reminder e-mails to {email} from this shop?", UNSUBSCRIBE_FORM)
+        form = await request.post()
+        via = "one-click" if form.get("List-Unsubscribe") == "One-Click" else "form"
+        if await repository.record_unsubscribe(db, shop_id, email, via):
+            recorded(via)
+        if _wants_json(request) or via == "one-click":
+            return json_response({"shop_id": shop_id, "email": email, "unsubscribed": True})
+        return _page("Unsubscribed", f"{email} gets no more cart reminders from this shop.")
+
+    return unsubscribe

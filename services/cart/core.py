@@ -89,6 +89,9 @@ class Checkout:
     due_at: datetime | None = None
     order_id: str | None = None
     order_at: datetime | None = None
+    marketing_consent: bool = False
+    reminders_sent: int = 0  # recovery reminders of this checkout already decided (sent or stopped)
+    reminders_stopped: str | None = None  # why the reminders ended before the last one (ReminderOutcome)
 
     @property
     def key(self) -> CartKey:
@@ -103,6 +106,7 @@ class Started:
     customer: dict[str, Any]
     items: list[dict[str, Any]]
     at: datetime
+    marketing_consent: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,13 +136,15 @@ def on_checkout_started(cur: Checkout | None, s: Started, abandon_after: timedel
     """A checkout newer than everything known starts a new watch; an older one (a replay, a late event) never
     reopens anything: it only fills in what the checkout looked like when it led to an order already known."""
     new_watch = Checkout(cart_id=s.cart_id, shop_id=s.shop_id, state=CheckoutState.OPEN, customer=s.customer,
-                         items=s.items, started_event_id=s.event_id, started_at=s.at, due_at=s.at + abandon_after)
+                         items=s.items, started_event_id=s.event_id, started_at=s.at, due_at=s.at + abandon_after,
+                         marketing_consent=s.marketing_consent)
     if cur is None:
         return new_watch
     if cur.started_at is not None and s.at <= cur.started_at:
         return None
     if cur.order_at is not None and s.at <= cur.order_at:
-        return replace(cur, customer=s.customer, items=s.items, started_event_id=s.event_id, started_at=s.at)
+        return replace(cur, customer=s.customer, items=s.items, started_event_id=s.event_id, started_at=s.at,
+                       marketing_consent=s.marketing_consent)
     return new_watch
 
 
@@ -148,7 +154,8 @@ def _belongs_to_older_checkout(cur: Checkout | None, order_id: str, at: datetime
 
 def on_order_placed(cur: Checkout | None, p: Placed, abandon_after: timedelta) -> Checkout | None:
     """Manual payment closes the watch; a gateway order keeps it open, due abandon_after after placement,
-    until its order.status says pending or paid."""
+    until its order.status says pending or paid. The watch then holds the order's items: they are what a
+    recovery link resumes (the order, to pay), since placing the order emptied the cart."""
     if _belongs_to_older_checkout(cur, p.order_id, p.at):
         return None
     if cur is not None and (cur.order_id == p.order_id or cur.state in {CheckoutState.ORDERED, CheckoutState.PAID}):
@@ -158,8 +165,9 @@ def on_order_placed(cur: Checkout | None, p: Placed, abandon_after: timedelta) -
     placed = replace(base, order_id=p.order_id, order_at=p.at)
     if not p.gateway:
         return replace(placed, state=CheckoutState.ORDERED)
-    if base.state == CheckoutState.ABANDONED:  # one recovery per checkout: an unpaid order does not reopen it
-        return placed
+    placed = replace(placed, items=p.items)
+    if base.state == CheckoutState.ABANDONED or base.reminders_sent > 0:
+        return placed  # reminders already under way: an unpaid order neither reopens nor re-times them
     return replace(placed, state=CheckoutState.OPEN, due_at=p.at + abandon_after)
 
 
@@ -178,7 +186,9 @@ def on_order_status(cur: Checkout | None, st: StatusChanged, abandon_after: time
     if st.status == "incomplete":
         if cur is not None and (cur.order_id == st.order_id or cur.state != CheckoutState.OPEN):
             return None
-        return replace(base, state=CheckoutState.OPEN, order_id=st.order_id, order_at=st.at,
+        if cur is not None and cur.reminders_sent > 0:
+            return replace(cur, order_id=st.order_id, order_at=st.at, items=st.items)
+        return replace(base, items=st.items, state=CheckoutState.OPEN, order_id=st.order_id, order_at=st.at,
                        due_at=st.at + abandon_after)
     return None
 
@@ -190,13 +200,75 @@ def recovery_url(public_store_url: str, shop_id: str, cart_id: str, token: str) 
             + urlencode({"shop_id": shop_id, "token": token}))
 
 
-def abandoned_event(c: Checkout, public_store_url: str, occurred_at: datetime,
-                    recovery_key: bytes) -> CheckoutAbandoned:
-    """The one checkout.abandoned of this checkout; its id is derived from the shop, the checkout (and the unpaid
-    order), so a re-send after a crash dedupes downstream."""
+def unsubscribe_url(public_cart_url: str, shop_id: str, email: str, token: str) -> str:
+    """The cart service's unsubscribe page for this e-mail in this shop (GET confirms, POST unsubscribes; RFC 8058
+    one-click POSTs `List-Unsubscribe=One-Click` to the same URL)."""
+    return f"{public_cart_url.rstrip('/')}/unsubscribe?" + urlencode({"shop_id": shop_id, "email": email,
+                                                                       "token": token})
+
+
+# --- recovery reminders --------------------------------------------------------------------------------------
+
+MAX_REMINDERS = 3
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    """A shop's recovery reminders: delays in seconds after the checkout (strictly increasing, at most three; the
+    first is the abandon delay), and whether the customer's marketing_consent is needed for any of them."""
+
+    reminders: tuple[int, ...]
+    requires_consent: bool = False
+
+    @classmethod
+    def of(cls, reminders: Iterable[int] | None, abandon_after: timedelta, requires_consent: bool) -> RecoveryPolicy:
+        given = tuple(reminders or ())[:MAX_REMINDERS]
+        return cls(given or (int(abandon_after.total_seconds()),), requires_consent)
+
+
+class ReminderOutcome(StrEnum):
+    SEND = "send"
+    NO_CONSENT = "no_consent"      # the shop requires marketing_consent and the customer did not give it
+    UNSUBSCRIBED = "unsubscribed"  # the customer's e-mail unsubscribed from this shop's reminders
+    NO_MORE = "no_more"            # the shop now asks for fewer reminders than this checkout already had
+
+
+def next_reminder(c: Checkout, policy: RecoveryPolicy, unsubscribed: bool) -> tuple[Checkout, ReminderOutcome]:
+    """What a due (claimed) watch becomes: reminder number `c.reminders_sent` is sent, or the reminders stop.
+
+    After a sent reminder the watch stays open, due again after the gap to the next delay, while the shop asks for
+    more; then it is abandoned (terminal). Any stop is terminal too, with its reason kept.
+    """
+    index = c.reminders_sent
+    stop = (ReminderOutcome.NO_CONSENT if policy.requires_consent and not c.marketing_consent
+            else ReminderOutcome.UNSUBSCRIBED if unsubscribed
+            else ReminderOutcome.NO_MORE if index >= len(policy.reminders) else None)
+    if stop is not None:
+        return replace(c, state=CheckoutState.ABANDONED, reminders_stopped=stop.value), stop
+    sent = replace(c, reminders_sent=index + 1)
+    if index + 1 < len(policy.reminders) and c.due_at is not None:
+        gap = timedelta(seconds=policy.reminders[index + 1] - policy.reminders[index])
+        return replace(sent, state=CheckoutState.OPEN, due_at=c.due_at + gap), ReminderOutcome.SEND
+    return replace(sent, state=CheckoutState.ABANDONED), ReminderOutcome.SEND
+
+
+def abandoned_event(c: Checkout, public_store_url: str, occurred_at: datetime, recovery_key: bytes,
+                    reminder: int = 0, public_cart_url: str | None = None) -> CheckoutAbandoned:
+    """The checkout.abandoned of this checkout's reminder number `reminder`; its id is derived from the shop, the
+    checkout (and the unpaid order) and the reminder, so a re-send after a crash dedupes downstream (the first
+    reminder keeps the id it had before reminders existed). With `public_cart_url`, it carries the unsubscribe
+    link of the customer's e-mail in this shop."""
+    since = c.due_at or c.started_at or occurred_at
+    unsubscribe = None
+    if public_cart_url is not None and c.customer.get("email"):
+        email = recovery.normalized_email(c.customer["email"])
+        unsubscribe = unsubscribe_url(public_cart_url, c.shop_id, email, recovery.sign_unsubscribe(
+            recovery_key, c.shop_id, email, recovery.unsubscribe_expiry(since)))
     return CheckoutAbandoned(
         event_id=derived_event_id("checkout.abandoned", c.shop_id, c.cart_id, c.started_event_id or "-",
-                                  c.order_id or "-"),
+                                  c.order_id or "-", *([f"reminder-{reminder}"] if reminder else [])),
+        reminder=reminder,
+        unsubscribe_url=unsubscribe,
         occurred_at=occurred_at,
         shop_id=c.shop_id,
         cart_id=c.cart_id,
@@ -205,5 +277,5 @@ def abandoned_event(c: Checkout, public_store_url: str, occurred_at: datetime,
         started_at=c.started_at or c.order_at or occurred_at,
         order_id=c.order_id,
         recovery_url=recovery_url(public_store_url, c.shop_id, c.cart_id, recovery.sign(
-            recovery_key, c.shop_id, c.cart_id, recovery.expiry(c.due_at or c.started_at or occurred_at))),
+            recovery_key, c.shop_id, c.cart_id, recovery.expiry(since))),
     )

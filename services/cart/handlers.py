@@ -39,6 +39,12 @@ class CartMetrics:
         self.repeat_checkouts = Counter(
             "orderflow_cart_repeat_checkouts_total",
             "checkout.started for a cart that already started one in the same window (windowed table)", registry=r)
+        self.reminders_stopped = Counter(
+            "orderflow_cart_reminders_stopped_total",
+            "Due recovery reminders not sent, by reason (no_consent, unsubscribed, no_more)", ["reason"], registry=r)
+        self.unsubscribes = Counter("orderflow_cart_unsubscribes_total",
+                                    "Unsubscribe requests recorded (first per shop and e-mail), by way", ["via"],
+                                    registry=r)
         self.parked = Counter("orderflow_cart_parked_checkouts_total",
                               "Due checkouts whose checkout.abandoned could not be built (parked with a reason)",
                               registry=r)
@@ -67,8 +73,8 @@ async def levels_reported(uow: UnitOfWork, events: list[InventoryLevel]) -> None
 
 
 async def shop_settings_changed(uow: UnitOfWork, events: list[ShopSettings]) -> None:
-    await repository.save_shop_settings(uow.conn, [(e.shop_id, e.abandon_after_seconds, e.occurred_at)
-                                                   for e in events])
+    await repository.save_shop_settings(uow.conn, [(e.shop_id, e.abandon_after_seconds, e.recovery_reminders_seconds,
+                                                    e.recovery_requires_consent, e.occurred_at) for e in events])
 
 
 Decide = Callable[[core.Checkout | None, Any, timedelta], core.Checkout | None]
@@ -99,7 +105,7 @@ async def _watch(uow: UnitOfWork, facts: list[tuple[Any, Any]], decide: Decide) 
 
 def started_facts(e: CheckoutStarted) -> core.Started:
     return core.Started(e.cart_id, e.shop_id, e.event_id, _dump(e.customer), [_dump(i) for i in e.items],
-                        e.occurred_at)
+                        e.occurred_at, e.marketing_consent)
 
 
 async def checkouts_started(uow: UnitOfWork, events: list[CheckoutStarted]) -> None:

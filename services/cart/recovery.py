@@ -42,3 +42,33 @@ def verify(key: bytes, token: str | None, shop_id: str, cart_id: str, now: float
     if not expires.isdigit() or not signature or int(expires) < now:
         return False
     return hmac.compare_digest(signature, _signature(key, shop_id, cart_id, int(expires)))
+
+
+# --- unsubscribe links ---------------------------------------------------------------------------------------
+# A recovery e-mail's unsubscribe link names the shop and the customer's e-mail; its token is signed like the
+# recovery link's, with a key of its own (derived from the recovery key) so neither token opens the other's door.
+
+UNSUBSCRIBE_LIFETIME = timedelta(days=365)
+
+
+def normalized_email(email: str) -> str:
+    """The form an unsubscribed address is recorded, signed and compared in (case does not make another mailbox in
+    practice, and a customer may type it either way from one checkout to the next)."""
+    return email.strip().lower()
+
+
+def _unsubscribe_key(key: bytes) -> bytes:
+    return hmac.new(key, b"orderflow unsubscribe link v1", hashlib.sha256).digest()
+
+
+def sign_unsubscribe(key: bytes, shop_id: str, email: str, expires: datetime) -> str:
+    """The token of this shop's unsubscribe link for `email`, valid until `expires`."""
+    return sign(_unsubscribe_key(key), shop_id, normalized_email(email), expires)
+
+
+def unsubscribe_expiry(since: datetime) -> datetime:
+    return since + UNSUBSCRIBE_LIFETIME
+
+
+def verify_unsubscribe(key: bytes, token: str | None, shop_id: str, email: str, now: float) -> bool:
+    return verify(_unsubscribe_key(key), token, shop_id, normalized_email(email), now)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from services.cart.core import CartKey, Checkout, CheckoutState
+from services.cart.core import CartKey, Checkout, CheckoutState, RecoveryPolicy
 
 # --- carts ---------------------------------------------------------------------------------------------------
 
@@ -93,12 +93,18 @@ async def levels_for(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, skus
     return {r["sku"]: r["available"] for r in rows}
 
 
-async def save_shop_settings(conn: asyncpg.Connection, settings: Sequence[tuple[str, int | None, datetime]]) -> None:
+async def save_shop_settings(conn: asyncpg.Connection,
+                             settings: Sequence[tuple[str, int | None, list[int] | None, bool, datetime]]) -> None:
+    """(shop_id, abandon_after_seconds, recovery_reminders_seconds, recovery_requires_consent, occurred_at)."""
     await conn.executemany(
         """
-        INSERT INTO shop_settings (shop_id, abandon_after_seconds, updated_at) VALUES ($1, $2, $3)
+        INSERT INTO shop_settings (shop_id, abandon_after_seconds, recovery_reminders_seconds,
+                                   recovery_requires_consent, updated_at)
+        VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (shop_id) DO UPDATE
-           SET abandon_after_seconds = EXCLUDED.abandon_after_seconds, updated_at = EXCLUDED.updated_at
+           SET abandon_after_seconds = EXCLUDED.abandon_after_seconds,
+               recovery_reminders_seconds = EXCLUDED.recovery_reminders_seconds,
+               recovery_requires_consent = EXCLUDED.recovery_requires_consent, updated_at = EXCLUDED.updated_at
          WHERE shop_settings.updated_at < EXCLUDED.updated_at
         """,
         settings,
@@ -106,12 +112,53 @@ async def save_shop_settings(conn: asyncpg.Connection, settings: Sequence[tuple[
 
 
 async def abandon_after_by_shop(conn: asyncpg.Connection, shop_ids: Iterable[str]) -> dict[str, int]:
+    """Each shop's abandon delay: its first recovery reminder when it lists any (contract v1.1), else
+    abandon_after_seconds; shops with neither are left out (the deployment's default applies)."""
     rows = await conn.fetch(
-        "SELECT shop_id, abandon_after_seconds FROM shop_settings "
-        "WHERE shop_id = ANY($1::text[]) AND abandon_after_seconds IS NOT NULL",
+        "SELECT shop_id, COALESCE(recovery_reminders_seconds[1], abandon_after_seconds) AS seconds "
+        "FROM shop_settings WHERE shop_id = ANY($1::text[])",
         list(set(shop_ids)),
     )
-    return {r["shop_id"]: r["abandon_after_seconds"] for r in rows}
+    return {r["shop_id"]: r["seconds"] for r in rows if r["seconds"] is not None}
+
+
+async def recovery_policies(conn: asyncpg.Connection, shop_ids: Iterable[str],
+                            default_after: timedelta) -> dict[str, RecoveryPolicy]:
+    """Every named shop's reminders and consent rule; a shop without settings gets one reminder at the default."""
+    wanted = list(set(shop_ids))
+    rows = await conn.fetch(
+        "SELECT shop_id, abandon_after_seconds, recovery_reminders_seconds, recovery_requires_consent "
+        "FROM shop_settings WHERE shop_id = ANY($1::text[])", wanted)
+    found = {r["shop_id"]: RecoveryPolicy.of(
+        r["recovery_reminders_seconds"],
+        timedelta(seconds=r["abandon_after_seconds"]) if r["abandon_after_seconds"] else default_after,
+        r["recovery_requires_consent"]) for r in rows}
+    return {shop: found.get(shop) or RecoveryPolicy.of(None, default_after, False) for shop in wanted}
+
+
+# --- unsubscribes --------------------------------------------------------------------------------------------
+
+
+async def record_unsubscribe(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, email: str, via: str) -> bool:
+    """Record that `email` wants no more reminders from this shop; False when it was recorded before."""
+    inserted = await conn.fetchval(
+        "INSERT INTO unsubscribes (shop_id, email, via) VALUES ($1, $2, $3) "
+        "ON CONFLICT (shop_id, email) DO NOTHING RETURNING true", shop_id, email, via)
+    return bool(inserted)
+
+
+async def is_unsubscribed(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, email: str) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM unsubscribes WHERE shop_id = $1 AND email = $2",
+                                    shop_id, email))
+
+
+async def unsubscribed(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (shop_id, normalized e-mail) pairs among `pairs` that unsubscribed."""
+    wanted = sorted(set(pairs))
+    rows = await conn.fetch(
+        "SELECT u.shop_id, u.email FROM unsubscribes u JOIN unnest($1::text[], $2::text[]) AS k(s, e) "
+        "ON u.shop_id = k.s AND u.email = k.e", [p[0] for p in wanted], [p[1] for p in wanted])
+    return {(r["shop_id"], r["email"]) for r in rows}
 
 
 # --- checkouts -----------------------------------------------------------------------------------------------
@@ -122,7 +169,8 @@ def _checkout(row: asyncpg.Record) -> Checkout:
         cart_id=row["cart_id"], shop_id=row["shop_id"], state=CheckoutState(row["state"]),
         customer=json.loads(row["customer"]), items=json.loads(row["items"]),
         started_event_id=row["started_event_id"], started_at=row["started_at"], due_at=row["due_at"],
-        order_id=row["order_id"], order_at=row["order_at"],
+        order_id=row["order_id"], order_at=row["order_at"], marketing_consent=row["marketing_consent"],
+        reminders_sent=row["reminders_sent"], reminders_stopped=row["reminders_stopped"],
     )
 
 
@@ -146,36 +194,49 @@ async def save_checkouts(conn: asyncpg.Connection, checkouts: Iterable[Checkout]
     await conn.executemany(
         """
         INSERT INTO checkouts (cart_id, shop_id, state, customer, items, started_event_id, started_at, due_at,
-                               order_id, order_at)
-        VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10)
+                               order_id, order_at, marketing_consent, reminders_sent, reminders_stopped)
+        VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
         ON CONFLICT (shop_id, cart_id) DO UPDATE
            SET state = EXCLUDED.state, customer = EXCLUDED.customer,
                items = EXCLUDED.items, started_event_id = EXCLUDED.started_event_id,
                started_at = EXCLUDED.started_at, due_at = EXCLUDED.due_at, order_id = EXCLUDED.order_id,
-               order_at = EXCLUDED.order_at, updated_at = now()
+               order_at = EXCLUDED.order_at, marketing_consent = EXCLUDED.marketing_consent,
+               reminders_sent = EXCLUDED.reminders_sent, reminders_stopped = EXCLUDED.reminders_stopped,
+               abandoned_at = CASE WHEN EXCLUDED.state = 'abandoned' OR EXCLUDED.reminders_sent > 0
+                                   THEN COALESCE(checkouts.abandoned_at, now()) END,
+               updated_at = now()
         """,
         [(c.cart_id, c.shop_id, c.state.value, json.dumps(c.customer), json.dumps(c.items), c.started_event_id,
-          c.started_at, c.due_at, c.order_id, c.order_at) for c in checkouts],
+          c.started_at, c.due_at, c.order_id, c.order_at, c.marketing_consent, c.reminders_sent,
+          c.reminders_stopped) for c in checkouts],
     )
 
 
-async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500) -> list[Checkout]:
-    """Mark open watches past due as abandoned and return them; rows another transaction holds are skipped.
+async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500,
+                              keys: Iterable[CartKey] | None = None) -> list[Checkout]:
+    """Lock open watches past due (all of them up to `limit`, or only those of `keys`) and return them as they
+    were; rows another transaction holds are skipped. The caller saves what each became (`save_checkouts`).
 
-    Run inside the transaction that stages their checkout.abandoned, so the state change and the event commit
-    together: a row is claimed once, whatever the number of workers, restarts or replays.
+    Run inside the transaction that stages their checkout.abandoned, so the reminder count and the event commit
+    together: each (checkout, reminder) is claimed once, whatever the number of workers, restarts or replays.
     """
-    rows = await conn.fetch(
-        """
-        UPDATE checkouts SET state = 'abandoned', abandoned_at = now(), updated_at = now()
-         WHERE (shop_id, cart_id) IN (SELECT shop_id, cart_id FROM checkouts WHERE state = 'open' AND due_at <= now()
-                                      ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-           AND state = 'open'
-        RETURNING *
-        """,
-        limit,
-    )
+    if keys is None:
+        rows = await conn.fetch(
+            "SELECT * FROM checkouts WHERE state = 'open' AND due_at <= now() "
+            "ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+    else:
+        wanted = sorted(set(keys))
+        rows = await conn.fetch(
+            "SELECT c.* FROM checkouts c JOIN unnest($1::text[], $2::text[]) AS k(s, id) "
+            "ON c.shop_id = k.s AND c.cart_id = k.id WHERE c.state = 'open' AND c.due_at <= now() "
+            "ORDER BY c.shop_id, c.cart_id LIMIT $3 FOR UPDATE OF c SKIP LOCKED",
+            [k[0] for k in wanted], [k[1] for k in wanted], limit)
     return [_checkout(r) for r in rows]
+
+
+async def load_checkout(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, cart_id: str) -> Checkout | None:
+    row = await conn.fetchrow("SELECT * FROM checkouts WHERE shop_id = $1 AND cart_id = $2", shop_id, cart_id)
+    return _checkout(row) if row else None
 
 
 async def park_checkout(conn: asyncpg.Connection, shop_id: str, cart_id: str, reason: str) -> None:

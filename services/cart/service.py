@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -29,7 +30,7 @@ from orderflow.runtime.unit import UnitOfWork
 from orderflow.services import ServiceSpec
 from orderflow.settings import Settings
 from services.cart import core, handlers, recovery, repository
-from services.cart.api import CART_VIEW_DOC, cart_view_handler
+from services.cart.api import CART_VIEW_DOC, cart_view_handler, unsubscribe_handler
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +117,38 @@ def build(settings: Settings) -> Runtime:
     # --- the abandon scanner --------------------------------------------------------------------------------
 
     async def abandon_due(uow: UnitOfWork) -> list[core.Checkout]:
-        """Claim watches past due and emit one checkout.abandoned each, in one transaction; a checkout whose
-        event cannot be built is parked with the reason, and the others go on."""
+        """Claim watches past due and decide each one's next reminder, in one transaction: one checkout.abandoned
+        per reminder sent, none without consent when the shop requires it or after the e-mail unsubscribed. A
+        checkout whose event cannot be built is parked with the reason, and the others go on."""
         claimed = await repository.claim_due_checkouts(uow.conn)
+        if not claimed:
+            return []
+        policies = await repository.recovery_policies(uow.conn, [c.shop_id for c in claimed], default_after)
+        gone = await repository.unsubscribed(uow.conn, [(c.shop_id, recovery.normalized_email(c.customer["email"]))
+                                                        for c in claimed if c.customer.get("email")])
         at = now()
+        decided, sent, parked = [], [], []
         for checkout in claimed:
-            try:
-                uow.emit([core.abandoned_event(checkout, settings.public_store_url, at, recovery_key)])
-            except Exception as exc:  # noqa: BLE001 - one bad row must not stop the scanner: parked, counted
-                await repository.park_checkout(uow.conn, checkout.shop_id, checkout.cart_id, describe(exc))
-                uow.after_commit(metrics.parked.inc)
-                log.error("checkout of cart %s parked: %s", checkout.cart_id, describe(exc))
-        return claimed
+            email = recovery.normalized_email(checkout.customer.get("email") or "")
+            after, outcome = core.next_reminder(checkout, policies[checkout.shop_id], (checkout.shop_id, email) in gone)
+            if outcome is core.ReminderOutcome.SEND:
+                try:
+                    uow.emit([core.abandoned_event(checkout, settings.public_store_url, at, recovery_key,
+                                                   reminder=checkout.reminders_sent,
+                                                   public_cart_url=settings.public_cart_url)])
+                    sent.append(checkout)
+                except Exception as exc:  # noqa: BLE001 - one bad row must not stop the scanner: parked, counted
+                    after = replace(after, state=core.CheckoutState.ABANDONED)
+                    parked.append((checkout, describe(exc)))
+            else:
+                uow.after_commit(partial(metrics.reminders_stopped.labels(outcome.value).inc))
+            decided.append(after)
+        await repository.save_checkouts(uow.conn, decided)
+        for checkout, reason in parked:
+            await repository.park_checkout(uow.conn, checkout.shop_id, checkout.cart_id, reason)
+            uow.after_commit(metrics.parked.inc)
+            log.error("checkout of cart %s parked: %s", checkout.cart_id, reason)
+        return sent
 
     @rt.background
     async def abandon_scanner() -> None:
@@ -150,6 +171,10 @@ def build(settings: Settings) -> Runtime:
     verifier = Verifier(rt.pool, settings.backoffice_token)
     rt.http.route("GET", "/carts/{cart_id}", cart_view_handler(rt.pool, metrics.out_of_stock_shown, verifier,
                                                                recovery_key), auth=False, doc=CART_VIEW_DOC)
+    # A recovery e-mail's unsubscribe link and its RFC 8058 one-click POST: the signed token is the credential.
+    unsubscribe = unsubscribe_handler(rt.pool, recovery_key, lambda via: metrics.unsubscribes.labels(via).inc())
+    rt.http.route("GET", "/unsubscribe", unsubscribe, auth=False)
+    rt.http.route("POST", "/unsubscribe", unsubscribe, auth=False)
     return rt
 
 

@@ -163,14 +163,18 @@ def mails_for_deduction(e: InventoryDeduction) -> list[MailIntent]:
 
 
 def mails_for_abandoned(e: CheckoutAbandoned) -> list[MailIntent]:
+    """One recovery mail per reminder of the checkout: the first keeps the kind `recovery` it always had (so a
+    replay finds the mails sent before reminders existed), the next ones are `recovery:<n>`."""
     ctx = {
         "cart_id": e.cart_id,
         "customer_name": e.customer.name or "",
         "items": [{"sku": i.sku, "name": i.name or i.sku, "quantity": i.quantity} for i in e.items],
         "recovery_url": e.recovery_url,
+        "unsubscribe_url": e.unsubscribe_url,
     }
     ref = order_ref(e.shop_id, e.cart_id)
-    return [MailIntent(ref, "recovery", e.shop_id, "customer", "recovery", e.customer.email, ctx)]
+    kind = f"recovery:{e.reminder}" if e.reminder else "recovery"
+    return [MailIntent(ref, kind, e.shop_id, "customer", "recovery", e.customer.email, ctx)]
 
 
 def mails_for_message(e: CustomerMessageRequested) -> list[MailIntent]:

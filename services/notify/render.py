@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -138,14 +138,31 @@ def render(template: str, context: dict[str, Any], shop_name: str, locale: Local
     return Rendered(subject, text, html)
 
 
+class UnfoldedHeader(UnstructuredHeader):
+    """A header written on one line, never folded nor RFC 2047-encoded: `List-Unsubscribe`'s `<url>` is longer than
+    78 characters, and the default folding would turn it into encoded words no mail client reads as a link. Its
+    value is header_safe and under RFC 5322's 998 characters."""
+
+    def fold(self, *, policy: Any) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
+_HEADER_TYPES = HeaderRegistry()
+_HEADER_TYPES.map_to_type("list-unsubscribe", UnfoldedHeader)
+_POLICY = SMTP.clone(header_factory=_HEADER_TYPES)
+
+
 def build_message(rendered: Rendered, *, to_addr: str, from_addr: str, from_name: str, message_id: str,
-                  reply_to: str | None = None, date: Any = None) -> EmailMessage:
+                  reply_to: str | None = None, date: Any = None, unsubscribe_url: str | None = None) -> EmailMessage:
     """The MIME message (multipart/alternative: plain text, then HTML) with checked headers.
+
+    `unsubscribe_url` (recovery mails): `List-Unsubscribe` and RFC 8058's `List-Unsubscribe-Post:
+    List-Unsubscribe=One-Click`, so the mail client's unsubscribe button POSTs to the cart service at once.
 
     `from_addr` is MAIL_FROM (`name@domain` or `Name <name@domain>`); `from_name`, the shop's name, is the display
     name, MAIL_FROM's own name only when it is empty.
     """
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=_POLICY)
     try:
         sender = mailaddr.mailbox(from_addr)
     except mailaddr.AddressError as exc:
@@ -159,6 +176,9 @@ def build_message(rendered: Rendered, *, to_addr: str, from_addr: str, from_name
     msg["Message-ID"] = header_safe(message_id)
     if date is not None:
         msg["Date"] = format_datetime(date)
+    if unsubscribe_url:
+        msg["List-Unsubscribe"] = f"<{header_safe(unsubscribe_url, 900)}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(rendered.text)
     msg.add_alternative(rendered.html, subtype="html")
     return msg

@@ -406,7 +406,8 @@ class MailSender:
                 rendered = _stored(mail)
             return build_message(rendered, to_addr=to_addr, from_addr=self._settings.mail_from,
                                  from_name=recipient.shop_name, message_id=mail.message_id,
-                                 reply_to=recipient.reply_to, date=mail.created_at)
+                                 reply_to=recipient.reply_to, date=mail.created_at,
+                                 unsubscribe_url=mail.context.get("unsubscribe_url"))
         except (InvalidRecipient, ValueError) as exc:
             await self._failed_attempt(pool, mail, f"cannot build the mail: {exc}", permanent=True)
             return None

@@ -60,6 +60,7 @@ CLAIMED: dict[str, set[str]] = {
                       "recovery_requires_consent", "manage_stock"},
     "order.status": {"refunded_cents", "refund_due_cents", "refund_id", "refund_cents", "shipping_address",
                      "billing_address", "shipping", "discount_cents", "tax_cents", "note", "locale"},
+    "checkout.abandoned": {"reminder", "unsubscribe_url"},
 }
 """Top-level names each v1.1 model gives a shape to, that v1 ignored as unknown (DESIGN.md, "Contract v1.1")."""
 
