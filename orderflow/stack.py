@@ -457,6 +457,8 @@ def up(*, detach: bool = True, workers: Mapping[str, int] | None = None, rd: Pat
         down(rd=rd, say=lambda _msg: None)
         raise
     say(f"up in {time.monotonic() - begun:.1f} s; state in {_state_file(rd)}")
+    for line in access_lines(state):
+        say(line)
     if not detach:
         state["supervisor_pid"] = os.getpid()
         _save_state(rd, state)
@@ -564,6 +566,17 @@ def env_vars(rd: Path | None = None) -> dict[str, str]:
     for w in state.get("services", []):
         ordered.setdefault(f"{w['name'].upper()}_URL", w["url"])
     return ordered
+
+
+def access_lines(state: Mapping) -> list[str]:
+    """What `up` ends with: where the back office is, the operator's token, and how to get both again."""
+    orders = next((w["url"] for w in state.get("services", []) if w["name"] == "orders"), None)
+    lines = [f"back office {orders}/backoffice/" if orders else "back office: no orders worker",
+             f"token     {state['backoffice_token']}  (BACKOFFICE_TOKEN: the operator's sign-in and API token)"]
+    if mailbox := state.get("smtp", {}).get("mailbox_url"):
+        lines.append(f"mailbox   {mailbox}")
+    lines.append('`orderflow env` prints these again as export lines: eval "$(.venv/bin/orderflow env)"')
+    return lines
 
 
 def env_lines(rd: Path | None = None) -> list[str]:

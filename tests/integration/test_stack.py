@@ -3,14 +3,21 @@ no process behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+from helpers import wait_for
 
+import contracts as c
+from contracts.producer import StorefrontProducer
 from orderflow.infra.ports import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -36,6 +43,26 @@ def processes_mentioning(*needles: str) -> list[str]:
         if any(n in cmdline for n in needles):
             found.append(f"{entry.name}: {cmdline}")
     return found
+
+
+def stock_from_the_stream(exports: dict[str, str]) -> None:
+    """A restock reaches the back office's Stock page through inventory and inventory.levels: no setting beyond
+    what `orderflow up` gives the services (the page once needed INVENTORY_URL, which `up` never set)."""
+    shop, sku = f"shop-up-{uuid.uuid4().hex[:8]}", "MUG-1"
+
+    async def restock() -> None:
+        async with StorefrontProducer(exports["KAFKA_BOOTSTRAP_SERVERS"]) as producer:
+            await producer.send(c.StockAdjusted(event_id=c.new_event_id(), occurred_at=c.now(), shop_id=shop,
+                                                sku=sku, set_to=5, reason="stack test"))
+    asyncio.run(restock())
+    with httpx.Client(base_url=exports["ORDERS_URL"], timeout=10) as browser:
+        signed_in = browser.post("/backoffice/login", data={"token": exports["BACKOFFICE_TOKEN"]})
+        assert signed_in.status_code == 303, signed_in.text
+
+        def shown() -> bool:
+            page = browser.get("/backoffice/stock", params={"shop_id": shop}).text
+            return re.search(rf'{sku}</td>\s*<td data-label="Available">5<', page) is not None
+        wait_for(shown, timeout=60, message="the restock on the back office's Stock page")
 
 
 def test_up_status_env_down(tmp_path: Path) -> None:
@@ -68,6 +95,10 @@ def test_up_status_env_down(tmp_path: Path) -> None:
         assert exports["BACKOFFICE_TOKEN"]
         for w in state["services"]:
             assert exports[f"{w['name'].upper()}_URL"].startswith("http://127.0.0.1:")
+        # `up` ends with what docs/README tell users to use: the back office and the operator's token
+        assert f"back office {exports['ORDERS_URL']}/backoffice/" in up.stdout, up.stdout
+        assert f"token     {exports['BACKOFFICE_TOKEN']}" in up.stdout, up.stdout
+        stock_from_the_stream(exports)
     finally:
         down = orderflow(env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
