@@ -1,5 +1,6 @@
 """Consumer lag, as an operator sees it: `orderflow lag` shows the backlog of a stopped worker's group and zero once
-it has caught up again, and the worker's `orderflow_consumer_lag` gauge says the same per partition."""
+it has caught up again, and the worker's `orderflow_consumer_lag` gauge says the same per partition; the worker's
+/health/live and /health/ready answer."""
 
 from __future__ import annotations
 
@@ -90,5 +91,13 @@ async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(kafka_bootst
         seen = await async_wait_for(gauge_at_zero, timeout=30, message="the lag gauge of every partition at 0")
         assert {p: seen[p] for p in table} == table, "the gauge says what orderflow lag says"
         assert "process_resident_memory_bytes" in httpx.get(f"{worker.url}/metrics", timeout=5).text
+
+        # the same worker's probes: live, ready, and the details only with the operator's token
+        assert httpx.get(f"{worker.url}/health/live", timeout=5).json() == {"live": True}
+        ready = httpx.get(f"{worker.url}/health/ready", timeout=5)
+        assert ready.status_code == 200 and ready.json()["consumer"] == "assigned", ready.text
+        detailed = httpx.get(f"{worker.url}/health/ready", headers={"Authorization": f"Bearer {worker.token}"},
+                             timeout=5).json()
+        assert (detailed["database"], detailed["ready"]) == ("ok", True)
     finally:
         worker.kill()
