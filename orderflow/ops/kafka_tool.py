@@ -8,6 +8,7 @@ KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_CAFILE, as the workers read the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import subprocess
@@ -61,11 +62,27 @@ def command(tool: str, args: Sequence[str], bootstrap: str, config_file: Path | 
     return cmd
 
 
+async def reachable(bootstrap: str) -> None:
+    """Raise (one line, from the command line's handler) when the broker cannot be reached: Java's tools would retry
+    for a minute and then print a stack trace."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from orderflow.ops.broker import options
+
+    admin = AIOKafkaAdminClient(**options(bootstrap, request_timeout_ms=10000))
+    try:
+        await admin.start()
+    finally:
+        await admin.close()
+
+
 def run(tool: str, args: Sequence[str], bootstrap: str) -> int:
     try:
         properties = client_properties(kafka_security())
     except SettingsError as exc:
         raise InfraError(str(exc)) from None
+    if "--help" not in args and "--version" not in args:
+        asyncio.run(reachable(bootstrap))
     with tempfile.TemporaryDirectory(prefix="orderflow-kafka-tool-") as folder:
         config_file = None
         if properties:

@@ -92,6 +92,13 @@ async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(kafka_bootst
         assert {p: seen[p] for p in table} == table, "the gauge says what orderflow lag says"
         assert "process_resident_memory_bytes" in httpx.get(f"{worker.url}/metrics", timeout=5).text
 
+        # Kafka's own tool from the Maven-fetched jars sees the same group and topic
+        described = subprocess.run(
+            [sys.executable, "-m", "orderflow.cli", "kafka-tool", "consumer-groups", "--describe", "--group", group],
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}, capture_output=True, text=True, timeout=90)
+        assert described.returncode == 0, described.stderr
+        assert any(line.split()[:2] == [group, topic] for line in described.stdout.splitlines() if line.strip())
+
         # the same worker's probes: live, ready, and the details only with the operator's token
         assert httpx.get(f"{worker.url}/health/live", timeout=5).json() == {"live": True}
         ready = httpx.get(f"{worker.url}/health/ready", timeout=5)
