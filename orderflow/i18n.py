@@ -142,7 +142,8 @@ def untranslated(language: str, messages: Catalog | None = None) -> list[str]:
         if not message.id:
             continue
         known = catalog.get(message.id, message.context)
-        if known is None or not known.string or known.fuzzy:
+        strings = known.string if known is not None and isinstance(known.string, tuple) else (known and known.string,)
+        if known is None or not all(strings) or known.fuzzy:
             missing.append(message.id if isinstance(message.id, str) else message.id[0])
     return missing
 

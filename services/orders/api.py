@@ -20,7 +20,7 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from contracts import ChangedBy, CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
-from contracts.base import MAX_INT, Email, LongText, Model, Text
+from contracts.base import MAX_INT, Email, LocaleTag, LongText, Model, Text
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
 from orderflow.runtime.openapi import TEXT, Param, RouteDoc, integer, one_of
 from services.orders import core
@@ -63,6 +63,7 @@ class ShopBody(Model):
     merchant_email: Email
     abandon_after_seconds: int | None = Field(default=None, gt=0, le=30 * 24 * 3600)
     ignore_incomplete_orders: bool = True
+    locale: LocaleTag = "en"  # contract v1.1: the shop's mails and back office
 
 
 def stock_by_line(order: repo.Order, outcomes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -155,6 +155,7 @@ async def shop_settings(uow: UnitOfWork, events: list[ShopSettings]) -> None:
     """Each shop keeps its newest settings by occurred_at (a replay or a resend changes nothing)."""
     for event in events:
         await repo.upsert_shop(uow.conn, event)
+        await repo.store_shop_locale(uow.conn, event)
 
 
 async def inventory_deductions(uow: UnitOfWork, events: list[InventoryDeduction]) -> None:

@@ -312,6 +312,17 @@ async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_ver
     ) or 0
 
 
+async def store_shop_locale(conn: asyncpg.Connection, event: ShopSettings) -> None:
+    """The shop's language (the back office's pages) from the settings `upsert_shop` kept: only when they are this
+    event's, so older settings arriving late change nothing."""
+    await conn.execute("UPDATE shops SET locale = $2 WHERE shop_id = $1 AND occurred_at = $3 "
+                       "AND locale IS DISTINCT FROM $2", event.shop_id, event.locale, event.occurred_at)
+
+
+async def shop_locale(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str) -> str | None:
+    return await conn.fetchval("SELECT locale FROM shops WHERE shop_id = $1", shop_id)
+
+
 # --- stock outcomes ---------------------------------------------------------------------------------------------
 
 

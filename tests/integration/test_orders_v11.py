@@ -122,7 +122,7 @@ async def test_every_v11_field_round_trips_to_the_api_the_event_and_the_order_pa
                              "FR", "Tel. +33 6 12 34 56 78"]
             billing = [line for line in (await page.inner_text("#billing-address")).splitlines() if line]
             assert billing == ["Martin SARL", "3 place Bellecour", "69002 Lyon", "FR"]
-            assert "Colissimo domicile · La Poste · 6.90" in await page.inner_text("#shipping")
+            assert "Colissimo domicile · La Poste · €6.90" in await page.inner_text("#shipping")  # an English shop
             assert await page.inner_text("#note") == "Merci de sonner deux fois <b>svp</b>"  # text, not markup
             assert "5.00" in await page.inner_text("#discount") and "4.17" in await page.inner_text("#tax")
             OUTPUT.mkdir(exist_ok=True)

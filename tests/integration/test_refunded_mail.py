@@ -117,6 +117,19 @@ async def test_one_refunded_mail_per_refund_in_french_and_none_again_on_replay(
     [new_order] = mailsink.messages(to=merchant)
     assert f"Total : 45,00{EUR}" in new_order["text"] and "nouvelle commande" in new_order["subject"]
 
+    # The back office shows the French shop's order in French, amounts as French writes them.
+    async with httpx.AsyncClient(base_url=orders_worker.url) as web:
+        login = await web.post("/backoffice/login", data={"token": orders_worker.token})
+        assert login.status_code in (200, 303), login.text
+        page = await web.get(f"/backoffice/orders/{oid}", params={"shop_id": order.shop_id})
+        listing = await web.get("/backoffice/orders", params={"shop_id": order.shop_id, "tab": "pending"})
+    assert page.status_code == 200 and listing.status_code == 200
+    assert '<html lang="fr">' in page.text and f"Commande <span class=\"mono\">{oid}</span>" in page.text
+    assert f'Remboursé : <strong id="refunded">45,00{EUR}</strong>' in page.text
+    assert f"remboursement r-1 de 12,50{EUR}" in page.text
+    assert "<th>Passée le</th>" in listing.text and f"45,00{EUR}" in listing.text and "1 commande" in listing.text
+    assert "Payment" not in page.text and "Refunded:" not in page.text
+
     # A new notify consumer group reads order.status again from where the module's worker started: nothing new.
     targets = {tp: end for tp, end in (await topic_ends(kafka_bootstrap)).items()
                if tp.topic == topics.ORDER_STATUS.name and end > notify.started_at.get(tp, 0)}

@@ -21,16 +21,20 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
+from babel import Locale
 from pydantic import ValidationError
 
 from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, StockAdjusted, derived_event_id, now
+from orderflow import i18n
 from orderflow.auth.credentials import OPERATOR, Principal
+from orderflow.i18n import N_
 from orderflow.runtime.http import ApiError
 from services.orders import core
 from services.orders import repository as repo
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 
 PREFIX = "/backoffice"
 COOKIE = "orderflow_backoffice"
+LOCALE = "orderflow.locale"
+"""The request's locale: the shop's (shop.settings `locale`) that the page is about; English otherwise."""
 PER_PAGE = 25
 STOCK_ROWS = 500
 """SKUs the Stock page lists (out of stock first); it says how many more there are."""
@@ -62,16 +68,20 @@ HEADERS = {
 }
 
 NOTICES = {
-    "status": "Status changed.",
-    "payment": "Marked paid.",
-    "unchanged": "Nothing to change: the order already had that status.",
-    "message": "Message queued for the customer.",
-    "stock": "Stock adjustment sent; the level updates once the inventory has applied it.",
-    "shop": "Shop settings saved.",
+    "status": N_("Status changed."),
+    "payment": N_("Marked paid."),
+    "unchanged": N_("Nothing to change: the order already had that status."),
+    "message": N_("Message queued for the customer."),
+    "stock": N_("Stock adjustment sent; the level updates once the inventory has applied it."),
+    "shop": N_("Shop settings saved."),
 }
 """Fixed texts a redirect may name (`?done=`): nothing a link can make the page say is taken from the URL."""
 
-TAB_LABELS = {"pending": "Pending", "closed": "Closed", "incomplete": "Incomplete"}
+TAB_LABELS = {"pending": N_("Pending"), "closed": N_("Closed"), "incomplete": N_("Incomplete")}
+WORDS = (N_("pending"), N_("processed"), N_("delivered"), N_("canceled"), N_("incomplete"), N_("awaiting"),
+         N_("paid"), N_("partially_refunded"), N_("refunded"), N_("system"), N_("merchant"), N_("customer"),
+         N_("gateway"), N_("manual"), N_("queued"), N_("sent"), N_("retrying"), N_("failed"), N_("held"))
+"""Statuses and other values the pages show as they are stored (`{{ _(order.status) }}`)."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,8 @@ class Button:
     label: str
 
 
-STATUS_BUTTONS = ((OrderStatus.PROCESSED, "Processed"), (OrderStatus.DELIVERED, "Delivered"),
-                  (OrderStatus.CANCELED, "Cancel"))
+STATUS_BUTTONS = ((OrderStatus.PROCESSED, N_("Processed")), (OrderStatus.DELIVERED, N_("Delivered")),
+                  (OrderStatus.CANCELED, N_("Cancel")))
 
 
 def allowed_buttons(state: core.OrderState) -> list[Button]:
@@ -90,16 +100,19 @@ def allowed_buttons(state: core.OrderState) -> list[Button]:
     buttons = [Button("status", target.value, label) for target, label in STATUS_BUTTONS
                if core.merchant_set_status(state, target).changes]
     if core.mark_paid(state).changes:
-        buttons.append(Button("payment", "paid", "Mark paid"))
+        buttons.append(Button("payment", "paid", N_("Mark paid")))
     return buttons
 
 
-def money(cents: int, currency: str) -> str:
-    return f"{cents // 100:,}.{cents % 100:02d} {currency}"
+@jinja2.pass_context
+def money(context: jinja2.runtime.Context, cents: int, currency: str) -> str:
+    """An amount as the page's locale writes that currency (orderflow/i18n.py): `12,50 €`, `€12.50`, `¥1,200`."""
+    return i18n.format_money(cents, currency, context["locale"])
 
 
-def when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
+@jinja2.pass_context
+def when(context: jinja2.runtime.Context, value: datetime | None) -> str:
+    return i18n.format_when(value, context["locale"])
 
 
 def order_lines(view: dict[str, Any]) -> list[dict[str, Any]]:
@@ -112,9 +125,13 @@ def page_url(path: str, **params: Any) -> str:
     return f"{PREFIX}{path}" + (f"?{urlencode(kept)}" if kept else "")
 
 
-def _environment() -> jinja2.Environment:
+@cache
+def _environment(language: str) -> jinja2.Environment:
+    """One environment per language: Jinja2's i18n extension binds one catalog (orderflow/locale) to it."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             extensions=["jinja2.ext.i18n"])
+    i18n.install(env, Locale.parse(language))
     env.filters["money"] = money
     env.filters["when"] = when
     env.globals.update(url=page_url, prefix=PREFIX, tab_labels=TAB_LABELS)
@@ -123,15 +140,20 @@ def _environment() -> jinja2.Environment:
 
 def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     keys = SessionKeys(rt.settings.backoffice_token)
-    templates = _environment()
     css = (HERE / "static" / "backoffice.css").read_bytes()
 
     def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
         section = {"order.html": "orders"}.get(template, template.removesuffix(".html"))
         principal: Principal | None = request.get(PRINCIPAL)
         merchant_shop = principal.shop_id if principal is not None and not principal.operator else None
-        html = templates.get_template(template).render(session=request.get("session"), section=section,
-                                                       merchant_shop=merchant_shop, **context)
+        locale: Locale = request.get(LOCALE) or i18n.choose(None)
+        # the fixed texts a handler passes (notices, errors, titles) in the page's language; others stay as they are
+        gettext = i18n.gettext_for(locale).gettext
+        context.update({k: gettext(v) for k in ("notice", "error", "title", "text")
+                        if isinstance(v := context.get(k), str)})
+        html = _environment(locale.language).get_template(template).render(
+            session=request.get("session"), section=section, merchant_shop=merchant_shop, locale=locale,
+            language=locale.language, **context)
         return web.Response(text=html, status=status, content_type="text/html", headers=HEADERS)
 
     async def principal_for(session: Session) -> Principal | None:
@@ -156,13 +178,16 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
             if session is None or principal is None:
                 if request.method == "GET":
                     raise web.HTTPSeeOther(f"{PREFIX}/login")
-                return render(request, "login.html", status=401, error="Your session ended: please sign in again.")
+                return render(request, "login.html", status=401, error=N_("Your session ended: please sign in again."))
             request["session"] = session
             request[PRINCIPAL] = principal
+            # the page's language: the merchant's shop's, or that of the shop the operator named
+            shop_id = request.query.get("shop_id", "").strip() if principal.operator else principal.shop_id
+            request[LOCALE] = i18n.choose(await repo.shop_locale(await rt.pool(), shop_id) if shop_id else None)
             if request.method == "POST" and not keys.csrf_ok(session, (await request.post()).get("csrf")):
-                return render(request, "message.html", status=403, title="Form expired",
-                              text="This form was not sent from this back office, or your session changed. "
-                                   "Go back, reload the page and try again.")
+                return render(request, "message.html", status=403, title=N_("Form expired"),
+                              text=N_("This form was not sent from this back office, or your session changed. "
+                                      "Go back, reload the page and try again."))
             return await handler(request)
 
         return guarded
@@ -190,7 +215,7 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         if principal is None:
             access.throttle.record(who)  # a wrong token: 10 a minute per address (the API's count too)
             return render(request, "login.html", status=401,
-                          error="That is not the back-office token, nor a live merchant credential.")
+                          error=N_("That is not the back-office token, nor a live merchant credential."))
         scope = OPERATOR_SCOPE if principal.operator else f"{MERCHANT_SCOPE}{principal.credential_id}"
         response = web.HTTPSeeOther(f"{PREFIX}/orders")
         response.set_cookie(COOKIE, keys.issue(scope=scope), path=PREFIX, httponly=True, samesite="Strict",
@@ -228,12 +253,12 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         try:
             return await find_order(conn, request.match_info["order_id"], requested_shop(request))
         except Ambiguous as exc:
-            return render(request, "message.html", status=409, title="Which shop?",
+            return render(request, "message.html", status=409, title=N_("Which shop?"),
                           text=f"Several shops have an order with this id: {', '.join(exc.shops)}. "
                                "Open it from the order list, or add ?shop_id= to the address.")
         except ApiError:
-            return render(request, "message.html", status=404, title="No such order",
-                          text="There is no order with that id.")
+            return render(request, "message.html", status=404, title=N_("No such order"),
+                          text=N_("There is no order with that id."))
 
     async def order_page(request: web.Request, *, error: str | None = None, status: int = 200,
                          message_text: str = "") -> web.StreamResponse:
@@ -277,7 +302,7 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         try:
             target = OrderStatus((await form(request)).get("status", ""))
         except ValueError:
-            return await order_page(request, error="Unknown status.", status=400)
+            return await order_page(request, error=N_("Unknown status."), status=400)
         return await change(request, lambda state: core.merchant_set_status(state, target), "status")
 
     async def post_payment(request: web.Request) -> web.StreamResponse:
@@ -289,10 +314,10 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         try:
             body = MessageBody(text=text)
         except ValidationError:
-            return await order_page(request, error="Write a message (up to 10,000 characters).", status=400,
+            return await order_page(request, error=N_("Write a message (up to 10,000 characters)."), status=400,
                                     message_text=text)
         if not FORM_ID.match(message_id):
-            return await order_page(request, error="Reload the page and send the message again.", status=400)
+            return await order_page(request, error=N_("Reload the page and send the message again."), status=400)
         found = await load_order(request, await rt.pool())
         if not isinstance(found, repo.Order):
             return found
@@ -334,9 +359,9 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         sku, form_id = data.get("sku", "").strip(), data.get("form_id", "")
         amount = data.get("amount", "").strip()
         if not FORM_ID.match(form_id):
-            return await stock_page(request, error="Reload the page and try again.", status=400, shop_id=shop_id)
+            return await stock_page(request, error=N_("Reload the page and try again."), status=400, shop_id=shop_id)
         if not re.fullmatch(r"-?\d{1,10}", amount):
-            return await stock_page(request, error="The quantity must be a whole number.", status=400,
+            return await stock_page(request, error=N_("The quantity must be a whole number."), status=400,
                                     shop_id=shop_id)
         change = {"set_to": int(amount)} if data.get("mode") == "set" else {"delta": int(amount)}
         try:
@@ -372,7 +397,8 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         values = {"shop_id": shop_id, "name": data.get("name", "").strip(),
                   "merchant_email": data.get("merchant_email", "").strip(),
                   "abandon_after_seconds": int(delay) if delay.isdigit() else (delay or None),
-                  "ignore_incomplete_orders": data.get("ignore_incomplete_orders") == "on"}
+                  "ignore_incomplete_orders": data.get("ignore_incomplete_orders") == "on",
+                  "locale": data.get("locale", "").strip() or "en"}
         try:
             body = ShopBody.model_validate({k: v for k, v in values.items() if k != "shop_id"})
             settings = ShopSettings(event_id=uuid.uuid4(), occurred_at=now(), shop_id=shop_id, **body.model_dump())
@@ -387,7 +413,7 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
             return version
 
         if not await rt.run_unit(work, wait_for_dependencies=False):
-            return await shop_page(request, error="Newer settings for this shop are already stored.", status=409,
+            return await shop_page(request, error=N_("Newer settings for this shop are already stored."), status=409,
                                    values=values)
         raise web.HTTPSeeOther(page_url("/shop", shop_id=shop_id, done="shop"))
 
@@ -413,6 +439,6 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
 
 async def stored_shop(conn: asyncpg.Pool | asyncpg.Connection, shop_id: str) -> dict[str, Any] | None:
     """The shop's current settings to pre-fill the form (the repository has no reader for them yet)."""
-    row = await conn.fetchrow("SELECT name, merchant_email, abandon_after_seconds, ignore_incomplete_orders "
-                              "FROM shops WHERE shop_id = $1", shop_id)
+    row = await conn.fetchrow("SELECT name, merchant_email, abandon_after_seconds, ignore_incomplete_orders, "
+                              "locale FROM shops WHERE shop_id = $1", shop_id)
     return dict(row) if row else None
