@@ -148,6 +148,7 @@ class Runtime(Service):
         self._waiting_since: dict[str, float] = {}
         self._down: set[str] = set()  # waiting because a dependency is away (not a lock race): not ready at once
         self._rebalancing_since: float | None = None
+        self._settled_once = False  # a first rebalance completed (then a rebalance has READY_GRACE_SECONDS)
         self._health_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
         self._drains: list[Callable[[], None]] = []
@@ -282,12 +283,18 @@ class Runtime(Service):
         return report
 
     def _consumer_state(self, now: float) -> str:
-        """assigned; rebalancing (for less than READY_GRACE_SECONDS: still ready); waiting (not ready)."""
+        """assigned; rebalancing (for less than READY_GRACE_SECONDS: still ready); waiting (not ready).
+
+        A starting worker is waiting until its first rebalance has completed (as `orderflow up` and the tests expect
+        of a worker they wait for); the grace is for the rebalances after that."""
         if not self._assigned_once:
             return "waiting"  # starting: no partition yet
         if not self.app.rebalancing:
             self._rebalancing_since = None
+            self._settled_once = True
             return "assigned"
+        if not self._settled_once:
+            return "waiting"
         if self._rebalancing_since is None:
             self._rebalancing_since = now
         return "rebalancing" if now - self._rebalancing_since < READY_GRACE_SECONDS else "waiting"

@@ -57,7 +57,10 @@ def runtime(tmp_path, clock: Clock) -> tuple[Runtime, Pool]:  # noqa: ANN001
 async def test_ready_once_assigned_and_across_a_short_rebalance_not_after_the_grace(runtime, clock) -> None:  # noqa: ANN001
     rt, _pool = runtime
     assert (await rt.health())["ready"] is False, "starting: no partition assigned yet"
+    rt.app.rebalancing = True
     await rt._on_assigned(None, set())
+    assert (await rt.health())["ready"] is False, "starting: its first rebalance not completed yet"
+    rt.app.rebalancing = False
     assert (await rt.health())["ready"] is True
 
     await rt._on_revoked(None, set())  # a rebalance begins
