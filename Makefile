@@ -8,12 +8,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup system-packages jars mailpit run test lint lock down clean
+.PHONY: help setup system-packages jars mailpit run test lint lock down clean container-packages images test-containers
 
 help:
 	@echo "make run    set up everything, then start the stack (orderflow up)"
 	@echo "make test   set up everything, then lint and run the whole test suite"
 	@echo "make setup | lint | lock | down | clean"
+	@echo "make images | test-containers   the system in containers on podman (docs/deploy.md; not part of make test)"
 
 setup: system-packages $(STAMP) jars mailpit
 
@@ -59,6 +60,29 @@ UV_COMPILE := $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashe
 lock: $(STAMP)
 	$(UV_COMPILE) --extra dev --extra bench -o requirements.lock
 	$(UV_COMPILE) -c requirements.lock -o requirements-runtime.lock
+
+# podman, its runc runtime and debootstrap (the local base image), from Debian's packages when missing.
+container-packages:
+	@missing=""; \
+	for tool in podman runc debootstrap; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  $$sudo apt-get update; DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+# Every image of infra/containers/build.sh, each rebuilt only when its inputs changed.
+images: setup container-packages
+	infra/containers/build.sh all
+
+# The system in containers (issue 20): the images, the pod with three inventory workers, the demo through Mailpit
+# and the kill scenario (tests/containers/); then nothing is left behind: no pod, container or volume.
+test-containers: images
+	status=0; ORDERFLOW_CONTAINER_TESTS=1 $(VENV)/bin/pytest -q -s -p no:cacheprovider tests/containers || status=$$?; \
+	$(VENV)/bin/orderflow containers down --volumes; \
+	left="$$(infra/containers/podman.sh ps -aq --filter name=orderflow-; infra/containers/podman.sh pod ls -q --filter name=orderflow; \
+	  infra/containers/podman.sh volume ls -q --filter name=orderflow-)"; \
+	if [ -n "$$left" ]; then echo "left behind: $$left"; exit 1; fi; \
+	exit $$status
 
 # Starts the whole stack in the background, plays the seeds' story on it, and leaves it running (`make down`).
 run: setup

@@ -49,6 +49,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_containers(args: argparse.Namespace) -> int:
+    from orderflow import containers
+
+    return containers.main(args.action, scale=_workers(args.scale), volumes=args.volumes, follow=args.follow,
+                           container=args.container)
+
+
 def cmd_down(_args: argparse.Namespace) -> int:
     from orderflow import stack
 
@@ -173,6 +180,16 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_up)
 
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
+
+    s = sub.add_parser("containers", help="the whole system as containers of one podman pod (docs/deploy.md)",
+                       description="Build the images (cached) and run broker, PostgreSQL, Mailpit, the one-shot init "
+                       "and the four services as one podman pod on 127.0.0.1.")
+    s.add_argument("action", choices=["up", "down", "status", "logs", "env"], help="%(choices)s")
+    s.add_argument("container", nargs="?", help="logs: only this container (e.g. inventory-2)")
+    s.add_argument("--scale", nargs="*", default=[], metavar="SERVICE=N", help="up: workers of a service (1-8)")
+    s.add_argument("--volumes", action="store_true", help="down: remove the broker's and the database's data too")
+    s.add_argument("--follow", "-f", action="store_true", help="logs: follow")
+    s.set_defaults(func=cmd_containers)
     sub.add_parser("status", help="is each part healthy? (exit 1 if not)").set_defaults(func=cmd_status)
     sub.add_parser("env", help="export lines for the running stack").set_defaults(func=cmd_env)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -206,7 +207,9 @@ class HttpSurface:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "0.0.0.0", self.port, reuse_address=True)
+        # HTTP_BIND_HOST: all interfaces by default (a container's own network); 127.0.0.1 where containers share
+        # the host's network (orderflow containers up), so nothing listens beyond loopback.
+        site = web.TCPSite(self._runner, os.environ.get("HTTP_BIND_HOST", "0.0.0.0"), self.port, reuse_address=True)
         await site.start()
         sockets = site._server.sockets if site._server else []  # noqa: SLF001 - to learn port 0's pick
         if sockets:
