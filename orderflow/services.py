@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,6 +44,13 @@ def discover() -> list[ServiceSpec]:
         if isinstance(spec, ServiceSpec):
             found.append(spec)
     return found
+
+
+def names() -> list[str]:
+    """The services' names from the folders that have a service.py, without importing them (for --help choices)."""
+    import services
+
+    return sorted(p.parent.name for folder in services.__path__ for p in Path(folder).glob("*/service.py"))
 
 
 def get(name: str) -> ServiceSpec:

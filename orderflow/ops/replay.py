@@ -398,8 +398,10 @@ REBUILD_LOSES = {
 
 def add_parsers(sub: argparse._SubParsersAction, bootstrap: Callable[[], str],
                 database_url: Callable[[], str]) -> None:
+    from orderflow.services import names
+
     p = sub.add_parser("replay", help="reprocess a service's input topics from the earliest offset or a time")
-    p.add_argument("service", help="a service name, or `all`")
+    p.add_argument("service", choices=[*names(), "all"], help="%(choices)s")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--from-earliest", action="store_true", help="from offset 0 (the default)")
     when.add_argument("--from", dest="from_time", metavar="TIMESTAMP",
@@ -410,7 +412,7 @@ def add_parsers(sub: argparse._SubParsersAction, bootstrap: Callable[[], str],
     p.set_defaults(func=lambda args: cmd_replay(args, bootstrap(), database_url()))
 
     p = sub.add_parser("rebuild", help="empty a service's read model in PostgreSQL and rebuild it from the topics")
-    p.add_argument("service")
+    p.add_argument("service", choices=names(), help="%(choices)s")
     p.add_argument("--timeout", type=float, default=None, help="give up watching after S seconds")
     p.add_argument("--force", action="store_true", help="rebuild notify or orders despite what it loses")
     p.add_argument("--allow-lost-history", action="store_true",
