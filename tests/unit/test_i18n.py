@@ -159,3 +159,18 @@ def test_every_subject_has_a_french_translation() -> None:
     french = i18n.translations("fr")
     for template, subject in SUBJECTS.items():
         assert french.gettext(subject) != subject, template
+
+
+def test_the_back_office_writes_money_dates_and_texts_in_the_shop_s_language() -> None:
+    from services.orders.web.pages import _environment
+
+    french = _environment("fr")
+    moment = datetime(2026, 12, 1, 18, 5, tzinfo=UTC)
+    line = french.from_string("{{ 1250 | money('EUR') }} · {{ 1200 | money('JPY') }} · {{ at | when }}")
+    assert line.render(locale=FR, at=moment) == "12,50\u00a0€ · 1\u202f200\u00a0JPY · 1 déc. 2026, 18:05 UTC"
+    english = _environment("en").from_string("{{ 1250 | money('EUR') }} · {{ 1200 | money('JPY') }}")
+    assert english.render(locale=Locale.parse("en")) == "€12.50 · ¥1,200"
+    page = french.get_template("login.html").render(
+        session=None, section="login", merchant_shop=None, locale=FR, language="fr", error=None, prefix="/backoffice"
+    )
+    assert '<html lang="fr">' in page and "<h1>Se connecter</h1>" in page and "Sign in" not in page
