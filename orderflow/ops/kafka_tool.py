@@ -27,21 +27,27 @@ TOOLS = {
 }
 """The shell scripts' names (kafka-<name>.sh) and their main classes in Kafka 4.3."""
 
-_LOGIN_MODULES = {"PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
-                  "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
-                  "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule"}
+_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
 
 
 def client_properties(security: KafkaSecurity) -> str:
     """The Java client's properties for the workers' security settings ("" for PLAINTEXT)."""
     lines = [] if security.protocol == "PLAINTEXT" else [f"security.protocol={security.protocol}"]
     if security.protocol.startswith("SASL"):
+
         def quoted(value: str | None) -> str:
             return '"' + (value or "").replace("\\", "\\\\").replace('"', '\\"') + '"'
+
         module = _LOGIN_MODULES[security.sasl_mechanism or "PLAIN"]
-        lines += [f"sasl.mechanism={security.sasl_mechanism}",
-                  f"sasl.jaas.config={module} required username={quoted(security.sasl_username)} "
-                  f"password={quoted(security.sasl_password)};"]
+        lines += [
+            f"sasl.mechanism={security.sasl_mechanism}",
+            f"sasl.jaas.config={module} required username={quoted(security.sasl_username)} "
+            f"password={quoted(security.sasl_password)};",
+        ]
     if security.ssl_cafile:
         lines += ["ssl.truststore.type=PEM", f"ssl.truststore.location={security.ssl_cafile}"]
     return "\n".join(lines) + ("\n" if lines else "")
@@ -53,8 +59,16 @@ def command(tool: str, args: Sequence[str], bootstrap: str, config_file: Path | 
     java = shutil.which("java")
     if not java:
         raise InfraError("Java is needed to run Kafka's tools: apt-get install -y default-jre-headless")
-    cmd = [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dlog4j2.level=warn", "-cp", str(ensure_jars() / "*"),
-           TOOLS[tool], *args]
+    cmd = [
+        java,
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-Dlog4j2.level=warn",
+        "-cp",
+        str(ensure_jars() / "*"),
+        TOOLS[tool],
+        *args,
+    ]
     if "--bootstrap-server" not in args:
         cmd += ["--bootstrap-server", bootstrap]
     if config_file is not None and "--command-config" not in args:
@@ -93,10 +107,13 @@ def run(tool: str, args: Sequence[str], bootstrap: str) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction, bootstrap: Callable[[], str]) -> None:
-    p = sub.add_parser("kafka-tool", help="run one of Kafka's own tools (consumer-groups, topics, ...) on the broker",
-                       description="Kafka's command-line tools from the Maven-fetched jars, with --bootstrap-server "
-                       "and the workers' security settings added. Example: orderflow kafka-tool consumer-groups "
-                       "--describe --group orderflow-orders")
+    p = sub.add_parser(
+        "kafka-tool",
+        help="run one of Kafka's own tools (consumer-groups, topics, ...) on the broker",
+        description="Kafka's command-line tools from the Maven-fetched jars, with --bootstrap-server "
+        "and the workers' security settings added. Example: orderflow kafka-tool consumer-groups "
+        "--describe --group orderflow-orders",
+    )
     p.add_argument("tool", choices=sorted(TOOLS), help="kafka-<tool>.sh: %(choices)s")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments (--help lists them)")
     p.set_defaults(func=lambda args: run(args.tool, args.args, bootstrap()))

@@ -54,8 +54,14 @@ async def measure(bootstrap: str, groups: list[str] | None = None) -> list[Parti
         if not groups:
             prefix = group_prefix()
             groups = sorted(g for g, *_ in await admin.list_consumer_groups() if g.startswith(prefix))
-        committed = {group: {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
-                             if meta.offset >= 0} for group in groups}
+        committed = {
+            group: {
+                tp: meta.offset
+                for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
+                if meta.offset >= 0
+            }
+            for group in groups
+        }
         topics = sorted({tp.topic for offsets in committed.values() for tp in offsets})
         every = await partitions_of(admin, topics) if topics else []
         starts = await consumer.beginning_offsets(every) if every else {}
@@ -63,8 +69,12 @@ async def measure(bootstrap: str, groups: list[str] | None = None) -> list[Parti
     finally:
         await consumer.stop()
         await admin.close()
-    rows = [PartitionLag(group, tp.topic, tp.partition, offsets.get(tp), starts[tp], ends[tp])
-            for group, offsets in committed.items() for tp in every if tp.topic in {t.topic for t in offsets}]
+    rows = [
+        PartitionLag(group, tp.topic, tp.partition, offsets.get(tp), starts[tp], ends[tp])
+        for group, offsets in committed.items()
+        for tp in every
+        if tp.topic in {t.topic for t in offsets}
+    ]
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
 
 
@@ -77,8 +87,7 @@ def table(rows: list[PartitionLag], *, nonzero: bool = False) -> list[str]:
         if nonzero and not row.lag:
             continue
         committed = "-" if row.committed is None else row.committed
-        lines.append(f"{row.group:<28} {row.topic:<28} {row.partition:>9} {committed:>10} {row.end:>10} "
-                     f"{row.lag:>8}")
+        lines.append(f"{row.group:<28} {row.topic:<28} {row.partition:>9} {committed:>10} {row.end:>10} {row.lag:>8}")
     lines += [f"{group:<28} {'(total)':<28} {'':>9} {'':>10} {'':>10} {total:>8}" for group, total in totals.items()]
     if not rows:
         lines.append("no committed offsets of the services' consumer groups yet")
@@ -86,14 +95,29 @@ def table(rows: list[PartitionLag], *, nonzero: bool = False) -> list[str]:
 
 
 def add_parser(sub: argparse._SubParsersAction, bootstrap: Callable[[], str]) -> None:
-    p = sub.add_parser("lag", help="consumer lag of each service's group, per topic and partition",
-                       description="End offset minus the group's committed offset, per partition (what each "
-                       "worker's orderflow_consumer_lag gauge shows, up to a second behind).")
-    p.add_argument("--group", action="append", default=[], metavar="GROUP",
-                   help="only this consumer group (repeatable); default: every <ORDERFLOW_APP_ID_PREFIX>-* group")
+    p = sub.add_parser(
+        "lag",
+        help="consumer lag of each service's group, per topic and partition",
+        description="End offset minus the group's committed offset, per partition (what each "
+        "worker's orderflow_consumer_lag gauge shows, up to a second behind).",
+    )
+    p.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="only this consumer group (repeatable); default: every <ORDERFLOW_APP_ID_PREFIX>-* group",
+    )
     p.add_argument("--nonzero", action="store_true", help="only partitions that are behind (totals still shown)")
-    p.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
-                   help="refresh every SECONDS (default 2) until Ctrl-C")
+    p.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
     p.set_defaults(func=lambda args: cmd_lag(args, bootstrap()))
 
 

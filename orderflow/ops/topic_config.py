@@ -63,9 +63,12 @@ async def effective_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dic
 async def find_drift(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> list[Drift]:
     """Every declared setting of these existing topics that the broker applies differently, topic by topic."""
     current = await effective_configs(admin, list(wanted))
-    return [Drift(name, key, current.get(name, {}).get(key), value)
-            for name, configs in wanted.items() for key, value in sorted(configs.items())
-            if differs(key, current.get(name, {}).get(key), value)]
+    return [
+        Drift(name, key, current.get(name, {}).get(key), value)
+        for name, configs in wanted.items()
+        for key, value in sorted(configs.items())
+        if differs(key, current.get(name, {}).get(key), value)
+    ]
 
 
 async def apply_drift(admin: AIOKafkaAdminClient, drift: list[Drift], *, timeout: float = 60.0) -> None:
@@ -84,8 +87,11 @@ async def apply_drift(admin: AIOKafkaAdminClient, drift: list[Drift], *, timeout
     while wanted:
         own = await _topic_overrides(admin, list(wanted))
         responses = await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name, {**own.get(name, {}), **changed})
-             for name, changed in wanted.items()])
+            [
+                ConfigResource(ConfigResourceType.TOPIC, name, {**own.get(name, {}), **changed})
+                for name, changed in wanted.items()
+            ]
+        )
         for response in responses:
             _check(response.resources, "altering")
         await asyncio.sleep(APPLY_CHECK_SECONDS)
@@ -93,8 +99,10 @@ async def apply_drift(admin: AIOKafkaAdminClient, drift: list[Drift], *, timeout
         if not left:
             return
         if time.monotonic() >= deadline:
-            raise InfraError(f"the broker did not apply {', '.join(f'{d.topic} {d.key}={d.wanted}' for d in left)} "
-                             f"within {timeout:.0f} s")
+            raise InfraError(
+                f"the broker did not apply {', '.join(f'{d.topic} {d.key}={d.wanted}' for d in left)} "
+                f"within {timeout:.0f} s"
+            )
         wanted = {}
         for d in left:
             wanted.setdefault(d.topic, {})[d.key] = d.wanted

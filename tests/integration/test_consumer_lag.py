@@ -25,9 +25,13 @@ BURST = 40
 
 
 def lag_command(bootstrap: str, group: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "orderflow.cli", "lag", "--group", group],
-                          env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "orderflow.cli", "lag", "--group", group],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -43,21 +47,26 @@ def table_rows(output: str, topic: str) -> dict[int, int]:
 
 
 def gauge(metrics: str, group: str, topic: str) -> dict[int, int]:
-    pattern = re.compile(rf'^orderflow_consumer_lag\{{group="{re.escape(group)}",partition="(\d+)",'
-                         rf'topic="{re.escape(topic)}"\}} ([0-9.e+]+)$', re.M)
+    pattern = re.compile(
+        rf'^orderflow_consumer_lag\{{group="{re.escape(group)}",partition="(\d+)",'
+        rf'topic="{re.escape(topic)}"\}} ([0-9.e+]+)$',
+        re.M,
+    )
     return {int(p): int(float(v)) for p, v in pattern.findall(metrics)}
 
 
-async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(kafka_bootstrap: str, database_url: str,
-                                                                    tmp_path: Path) -> None:
+async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(
+    kafka_bootstrap: str, database_url: str, tmp_path: Path
+) -> None:
     env = worker_env(kafka_bootstrap, database_url)
     group = f"{env['ORDERFLOW_APP_ID_PREFIX']}-inventory"
     topic = c.topics.STOCK_ADJUSTED.name
     shop = f"shop-lag-{env['ORDERFLOW_APP_ID_PREFIX']}"
 
     def adjustment(i: int) -> c.StockAdjusted:
-        return c.StockAdjusted(event_id=c.new_event_id(), occurred_at=c.now(), shop_id=shop, sku=f"SKU-{i % 8}",
-                               delta=1, reason="lag test")
+        return c.StockAdjusted(
+            event_id=c.new_event_id(), occurred_at=c.now(), shop_id=shop, sku=f"SKU-{i % 8}", delta=1, reason="lag test"
+        )
 
     async def behind() -> list[PartitionLag]:
         return [row for row in await measure(kafka_bootstrap, [group]) if row.topic == topic]
@@ -70,6 +79,7 @@ async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(kafka_bootst
             async def caught_up() -> bool:
                 rows = await behind()
                 return bool(rows) and sum(r.lag for r in rows) == 0
+
             await async_wait_for(caught_up, timeout=60, message="the group committed its position")
 
             worker.kill()  # the group's positions stay committed; nothing reads the burst
@@ -88,6 +98,7 @@ async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(kafka_bootst
             metrics = httpx.get(f"{worker.url}/metrics", timeout=5).text
             seen = gauge(metrics, group, topic)
             return seen if len(seen) == 8 and set(seen.values()) == {0} else None
+
         seen = await async_wait_for(gauge_at_zero, timeout=30, message="the lag gauge of every partition at 0")
         assert {p: seen[p] for p in table} == table, "the gauge says what orderflow lag says"
         assert "process_resident_memory_bytes" in httpx.get(f"{worker.url}/metrics", timeout=5).text
@@ -95,7 +106,11 @@ async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(kafka_bootst
         # Kafka's own tool from the Maven-fetched jars sees the same group and topic
         described = subprocess.run(
             [sys.executable, "-m", "orderflow.cli", "kafka-tool", "consumer-groups", "--describe", "--group", group],
-            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}, capture_output=True, text=True, timeout=90)
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert described.returncode == 0, described.stderr
         assert any(line.split()[:2] == [group, topic] for line in described.stdout.splitlines() if line.strip())
 
@@ -103,8 +118,9 @@ async def test_lag_shows_the_backlog_then_zero_and_the_gauge_agrees(kafka_bootst
         assert httpx.get(f"{worker.url}/health/live", timeout=5).json() == {"live": True}
         ready = httpx.get(f"{worker.url}/health/ready", timeout=5)
         assert ready.status_code == 200 and ready.json()["consumer"] == "assigned", ready.text
-        detailed = httpx.get(f"{worker.url}/health/ready", headers={"Authorization": f"Bearer {worker.token}"},
-                             timeout=5).json()
+        detailed = httpx.get(
+            f"{worker.url}/health/ready", headers={"Authorization": f"Bearer {worker.token}"}, timeout=5
+        ).json()
         assert (detailed["database"], detailed["ready"]) == ("ok", True)
     finally:
         worker.kill()

@@ -13,8 +13,9 @@ from workers import make_worker, worker_env
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-async def test_ready_stays_200_while_a_second_worker_joins(kafka_bootstrap: str, database_url: str,
-                                                         tmp_path: Path) -> None:
+async def test_ready_stays_200_while_a_second_worker_joins(
+    kafka_bootstrap: str, database_url: str, tmp_path: Path
+) -> None:
     env = worker_env(kafka_bootstrap, database_url)
     first = make_worker("inventory", env, tmp_path, 0).start().wait_ready(timeout=120)
     second = make_worker("inventory", env, tmp_path, 1)
@@ -22,6 +23,7 @@ async def test_ready_stays_200_while_a_second_worker_joins(kafka_bootstrap: str,
     try:
         second.start()
         async with httpx.AsyncClient(timeout=5) as client:
+
             async def ready(worker_url: str) -> httpx.Response:
                 return await client.get(f"{worker_url}/health/ready")
 

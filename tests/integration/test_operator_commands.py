@@ -18,8 +18,18 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def orderflow(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orderflow.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=90)
+    return subprocess.run(
+        [sys.executable, "-m", "orderflow.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def line_of(output: str, topic: str) -> str:
+    """The line `orderflow topics` prints for this topic (a broker reused across runs may hold other drift)."""
+    return next(line for line in output.splitlines() if line.split(" ", 1)[0] == topic)
 
 
 async def test_topics_reports_drift_and_apply_sets_the_catalogue_settings(kafka_bootstrap: str) -> None:
@@ -34,9 +44,9 @@ async def test_topics_reports_drift_and_apply_sets_the_catalogue_settings(kafka_
 
         checked = orderflow("topics", "--check", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
         assert checked.returncode == 1, checked.stderr
-        drifted = [line for line in checked.stdout.splitlines() if "DRIFT" in line]
-        assert drifted == [f"{topic.name:<32} exists (8 partitions); DRIFT retention.ms={week} (catalogue: {wanted})"]
-        assert "1 setting(s) of 1 topic(s) differ from the catalogue" in checked.stdout
+        line = line_of(checked.stdout, topic.name)
+        assert line == f"{topic.name:<32} exists (8 partitions); DRIFT retention.ms={week} (catalogue: {wanted})"
+        assert "differ from the catalogue" in checked.stdout
 
         applied = orderflow("topics", "--apply", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
         assert applied.returncode == 0, applied.stderr
@@ -47,14 +57,17 @@ async def test_topics_reports_drift_and_apply_sets_the_catalogue_settings(kafka_
     finally:
         await admin.close()
     again = orderflow("topics", "--check", KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
-    assert again.returncode == 0 and "DRIFT" not in again.stdout, again.stdout
+    assert "DRIFT" not in line_of(again.stdout, topic.name), again.stdout
 
 
-@pytest.mark.parametrize(("command", "away"), [
-    (("dlq", "list", "order.placed"), "the Kafka broker cannot be reached"),
-    (("topics",), "the Kafka broker cannot be reached"),
-    (("migrate",), "the database cannot be reached"),
-])
+@pytest.mark.parametrize(
+    ("command", "away"),
+    [
+        (("dlq", "list", "order.placed"), "the Kafka broker cannot be reached"),
+        (("topics",), "the Kafka broker cannot be reached"),
+        (("migrate",), "the database cannot be reached"),
+    ],
+)
 def test_a_command_says_one_line_when_the_broker_or_database_is_away(command: tuple[str, ...], away: str) -> None:
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there
     done = orderflow(*command, KAFKA_BOOTSTRAP_SERVERS=closed, DATABASE_URL=f"postgresql://of@{closed}/of")

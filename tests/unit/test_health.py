@@ -42,14 +42,18 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 @pytest.fixture
 def runtime(tmp_path, clock: Clock) -> tuple[Runtime, Pool]:  # noqa: ANN001
-    settings = load_settings("orders", "ORDERS_HTTP_PORT", 0, env={"ORDERFLOW_STORE": "memory",
-                                                                     "ORDERFLOW_DATA_DIR": str(tmp_path),
-                                                                     "BACKOFFICE_TOKEN": "t0ken"})
+    settings = load_settings(
+        "orders",
+        "ORDERS_HTTP_PORT",
+        0,
+        env={"ORDERFLOW_STORE": "memory", "ORDERFLOW_DATA_DIR": str(tmp_path), "BACKOFFICE_TOKEN": "t0ken"},
+    )
     rt = Runtime(settings)
     pool = Pool()
 
     async def fake_pool() -> Pool:
         return pool
+
     rt.pool = fake_pool  # type: ignore[method-assign]
     return rt, pool
 
@@ -97,19 +101,33 @@ async def test_not_ready_at_once_while_a_dependency_is_down_a_lock_race_only_aft
 
 
 def test_without_the_token_health_shows_states_not_error_text() -> None:
-    report = {"service": "orders", "database": "error: ConnectionRefusedError: Connect call failed ('10.0.0.5', 5432)",
-              "consumer": "assigned", "paused": {"order.placed": "OSError: db.internal:5432 refused"},
-              "smtp": "degraded: SMTPAuthenticationError: 535 bad user shop@x", "ready": False}
+    report = {
+        "service": "orders",
+        "database": "error: ConnectionRefusedError: Connect call failed ('10.0.0.5', 5432)",
+        "consumer": "assigned",
+        "paused": {"order.placed": "OSError: db.internal:5432 refused"},
+        "smtp": "degraded: SMTPAuthenticationError: 535 bad user shop@x",
+        "ready": False,
+    }
     shown = public_health(report)
-    assert shown == {"service": "orders", "database": "error", "consumer": "assigned", "paused": ["order.placed"],
-                     "smtp": "degraded", "ready": False}
+    assert shown == {
+        "service": "orders",
+        "database": "error",
+        "consumer": "assigned",
+        "paused": ["order.placed"],
+        "smtp": "degraded",
+        "ready": False,
+    }
 
 
 async def test_the_token_unlocks_the_details(runtime) -> None:  # noqa: ANN001
     rt, pool = runtime
     pool.error = OSError("Connect call failed ('10.0.0.5', 5432)")
-    for headers, detailed in (({}, False), ({"Authorization": "Bearer wrong"}, False),
-                              ({"Authorization": "Bearer t0ken"}, True)):
+    for headers, detailed in (
+        ({}, False),
+        ({"Authorization": "Bearer wrong"}, False),
+        ({"Authorization": "Bearer t0ken"}, True),
+    ):
         response = await rt.http._get_health(make_mocked_request("GET", "/health/ready", headers=headers))
         assert response.status == 503
         assert ("10.0.0.5" in response.text) is detailed

@@ -33,7 +33,13 @@ def test_sasl_plain_uses_the_plain_login_module() -> None:
 def test_the_broker_and_config_are_added_unless_given(monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
     monkeypatch.setattr("orderflow.infra.kafka.ensure_jars", lambda: tmp_path)
     cmd = command("consumer-groups", ["--list"], "b:9092", tmp_path / "c.properties")
-    assert cmd[-6:] == ["org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--list",
-                        "--bootstrap-server", "b:9092", "--command-config", str(tmp_path / "c.properties")]
+    assert cmd[-6:] == [
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        "--list",
+        "--bootstrap-server",
+        "b:9092",
+        "--command-config",
+        str(tmp_path / "c.properties"),
+    ]
     given = command("topics", ["--bootstrap-server", "x:1", "--list"], "b:9092", None)
     assert given[-4:] == ["org.apache.kafka.tools.TopicCommand", "--bootstrap-server", "x:1", "--list"]
