@@ -36,15 +36,16 @@ class CartMetrics:
                                  registry=r)
         self.out_of_stock_shown = Counter("orderflow_cart_out_of_stock_items_shown_total",
                                           "Cart lines shown as out of stock by GET /carts", registry=r)
-        self.repeat_checkouts = Counter(
-            "orderflow_cart_repeat_checkouts_total",
-            "checkout.started for a cart that already started one in the same window (windowed table)", registry=r)
         self.reminders_stopped = Counter(
             "orderflow_cart_reminders_stopped_total",
             "Due recovery reminders not sent, by reason (no_consent, unsubscribed, no_more)", ["reason"], registry=r)
         self.unsubscribes = Counter("orderflow_cart_unsubscribes_total",
                                     "Unsubscribe requests recorded (first per shop and e-mail), by way", ["via"],
                                     registry=r)
+        self.detections = Counter(
+            "orderflow_cart_abandon_detections_total",
+            "Due checkouts claimed (one per checkout and reminder), by what proposed them: the windowed table's "
+            "window close or sweep, or the PostgreSQL safety net", ["source"], registry=r)
         self.parked = Counter("orderflow_cart_parked_checkouts_total",
                               "Due checkouts whose checkout.abandoned could not be built (parked with a reason)",
                               registry=r)

@@ -213,17 +213,19 @@ async def save_checkouts(conn: asyncpg.Connection, checkouts: Iterable[Checkout]
 
 
 async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500,
-                              keys: Iterable[CartKey] | None = None) -> list[Checkout]:
-    """Lock open watches past due (all of them up to `limit`, or only those of `keys`) and return them as they
-    were; rows another transaction holds are skipped. The caller saves what each became (`save_checkouts`).
+                              keys: Iterable[CartKey] | None = None, overdue: timedelta = timedelta(0),
+                              ) -> list[Checkout]:
+    """Lock open watches past due (all of them up to `limit`, or only those of `keys`; due for `overdue` at least)
+    and return them as they were; rows another transaction holds are skipped. The caller saves what each became
+    (`save_checkouts`).
 
     Run inside the transaction that stages their checkout.abandoned, so the reminder count and the event commit
     together: each (checkout, reminder) is claimed once, whatever the number of workers, restarts or replays.
     """
     if keys is None:
         rows = await conn.fetch(
-            "SELECT * FROM checkouts WHERE state = 'open' AND due_at <= now() "
-            "ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+            "SELECT * FROM checkouts WHERE state = 'open' AND due_at <= now() - $2::interval "
+            "ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit, overdue)
     else:
         wanted = sorted(set(keys))
         rows = await conn.fetch(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import faust
 from faust.exceptions import PartitionsMismatch
@@ -29,16 +30,12 @@ from orderflow.runtime.failures import describe
 from orderflow.runtime.unit import UnitOfWork
 from orderflow.services import ServiceSpec
 from orderflow.settings import Settings
-from services.cart import core, handlers, recovery, repository
+from services.cart import core, detection, handlers, recovery, repository
 from services.cart.api import CART_VIEW_DOC, cart_view_handler, unsubscribe_handler
 
 log = logging.getLogger(__name__)
 
 TABLE_READY_SECONDS = 15.0
-
-
-def add_one(table: faust.types.tables.WindowWrapperT, key: str) -> None:
-    table[key] += 1
 
 
 async def write_table(write: Callable[[], object], what: str) -> None:
@@ -58,13 +55,12 @@ async def write_table(write: Callable[[], object], what: str) -> None:
 
 
 def build(settings: Settings) -> Runtime:
-    """Wires handlers, the two faust tables, the abandon scanner and GET /carts/{cart_id}.
+    """Wires handlers, the two faust tables, abandoned-checkout detection and GET /carts/{cart_id}.
 
-    Why the windowed table is only a metric and the abandon decision lives in PostgreSQL: in faust 0.15.3 a
-    window-close callback silently skips keys on tables with more than one partition, does not fire for windows
-    that were open across a restart or rebalance, and fires again when a replay rebuilds the table. A row per
-    checkout with a due time, claimed by `UPDATE ... WHERE state = 'open'` in the transaction that stages the
-    event, has none of those holes: exactly one checkout.abandoned across 8 partitions, restarts and replays.
+    Detection (services/cart/detection.py): the windowed table `checkouts-due` proposes due checkouts, by faust's
+    window close and by a sweep of each worker's local partitions; PostgreSQL's checkout row, claimed `WHERE state =
+    'open'` in the transaction that stages checkout.abandoned, makes each (checkout, reminder) happen once across
+    workers, restarts and replays; the PostgreSQL scanner is the safety net for what the table missed.
     """
     rt = Runtime(settings)
     metrics = handlers.CartMetrics(rt.metrics.registry)
@@ -75,8 +71,15 @@ def build(settings: Settings) -> Runtime:
 
     json_schema = faust.Schema(key_serializer="json", value_serializer="json")
     carts_table = rt.app.Table("carts", default=None, partitions=partitions, schema=json_schema)
-    checkouts_in_window = rt.app.Table("checkouts-started", default=int, partitions=partitions, schema=json_schema,
-                                       ).tumbling(default_after, expires=default_after * 2)
+    # Abandoned-checkout detection (services/cart/detection.py): windows of one base size, a due time per entry.
+    proposals = detection.Proposals()
+
+    def window_closed(key: Any, value: Any) -> None:
+        if isinstance(value, dict) and "shop_id" in value and min(value["due"], default=0) <= time.time():
+            proposals.propose((value["shop_id"], value["cart_id"]), "window")
+
+    checkouts_due = rt.app.Table("checkouts-due", default=None, partitions=partitions, schema=json_schema,
+                                 on_window_close=window_closed).tumbling(default_after, expires=default_after * 2)
 
     # --- faust tables: plain agents, so each write goes to the changelog partition of its source event ------
 
@@ -94,16 +97,32 @@ def build(settings: Settings) -> Runtime:
                                   f"cart {key} (carts table)")
 
     @rt.app.agent(rt.topic(topics.CHECKOUT_STARTED), name="cart.checkouts-window")
-    async def count_checkouts(stream: faust.StreamT) -> None:
+    async def keep_checkouts_due(stream: faust.StreamT) -> None:
         async for value in stream:
             try:
                 started = decode(CheckoutStarted, value)
             except ContractError:
                 continue
-            key = f"{started.shop_id}/{started.cart_id}"
-            await write_table(partial(add_one, checkouts_in_window, key), f"checkout of cart {key} (checkouts window)")
-            if checkouts_in_window[key].current() > 1:
-                metrics.repeat_checkouts.inc()
+            try:
+                policies = await repository.recovery_policies(await rt.pool(), [started.shop_id], default_after)
+                delays = policies[started.shop_id].reminders
+            except Exception as exc:  # noqa: BLE001 - the deployment's delay then; the safety net covers the rest
+                log.info("checkout of %s/%s: shop's reminders not read (%s)", started.shop_id, started.cart_id,
+                         describe(exc))
+                delays = (int(default_after.total_seconds()),)
+            key = detection.table_key(started.shop_id, started.cart_id)
+            value = detection.entry(started.shop_id, started.cart_id, started.occurred_at.timestamp(), delays)
+            await write_table(partial(checkouts_due.__setitem__, key, value), f"checkout of cart {key} (due table)")
+
+    proposed: dict[tuple[str, float], float] = {}
+
+    @rt.app.timer(settings.abandon_scan_seconds, name="cart.checkouts-sweep")
+    async def sweep_checkouts_due() -> None:
+        """Read this worker's local partitions of the table (a timer reads, never writes) and propose what is due."""
+        at = time.time()
+        for key, _ in detection.due_entries(checkouts_due.table.data.items(), at, proposed):
+            proposals.propose(key, "sweep")
+        detection.forget_old(proposed, at)
 
     # --- PostgreSQL: the durable cart, stock, settings and checkout watches -----------------------------------
 
@@ -116,11 +135,12 @@ def build(settings: Settings) -> Runtime:
 
     # --- the abandon scanner --------------------------------------------------------------------------------
 
-    async def abandon_due(uow: UnitOfWork) -> list[core.Checkout]:
+    async def abandon_due(uow: UnitOfWork, keys: list[core.CartKey] | None = None,
+                          overdue: timedelta = timedelta(0)) -> list[core.Checkout]:
         """Claim watches past due and decide each one's next reminder, in one transaction: one checkout.abandoned
         per reminder sent, none without consent when the shop requires it or after the e-mail unsubscribed. A
         checkout whose event cannot be built is parked with the reason, and the others go on."""
-        claimed = await repository.claim_due_checkouts(uow.conn)
+        claimed = await repository.claim_due_checkouts(uow.conn, keys=keys, overdue=overdue)
         if not claimed:
             return []
         policies = await repository.recovery_policies(uow.conn, [c.shop_id for c in claimed], default_after)
@@ -148,20 +168,36 @@ def build(settings: Settings) -> Runtime:
             await repository.park_checkout(uow.conn, checkout.shop_id, checkout.cart_id, reason)
             uow.after_commit(metrics.parked.inc)
             log.error("checkout of cart %s parked: %s", checkout.cart_id, reason)
-        return sent
+        if sent:
+            uow.after_commit(partial(metrics.abandoned.inc, len(sent)))
+            log.info("abandoned checkouts: %s", ", ".join(f"{c.shop_id}/{c.cart_id}#{c.reminders_sent}" for c in sent))
+        return claimed
+
+    async def claim_proposed(batch: dict[core.CartKey, str]) -> set[core.CartKey]:
+        """Claim what the windowed table proposed; each claim counted by its source (window or sweep)."""
+        await rt.wait_caught_up(None, "the abandon detector")
+        claimed = await rt.run_unit(partial(abandon_due, keys=list(batch)), topic="abandon-detector")
+        for checkout in claimed:
+            metrics.detections.labels(batch[checkout.key]).inc()
+        return {checkout.key for checkout in claimed}
+
+    @rt.background
+    async def abandon_detector() -> None:
+        await proposals.run(claim_proposed)
 
     @rt.background
     async def abandon_scanner() -> None:
-        """Every ABANDON_SCAN_MS: claim the checkouts past due (one unit of work per round)."""
+        """The safety net, every ABANDON_SCAN_MS: claim the checkouts due for SAFETY_NET_GRACE that the windowed
+        table did not propose (one unit of work per round); it parks checkouts whose event cannot be built."""
         next_count = 0.0
         while True:
             # After a replay or rebuild, nothing is abandoned until every input topic caught up: a checkout whose
             # order the replay has not reached yet would otherwise be mailed "your cart is waiting".
             await rt.wait_caught_up(None, "the abandon scanner")
-            claimed = await rt.run_unit(abandon_due, topic="abandon-scanner")
+            claimed = await rt.run_unit(partial(abandon_due, overdue=detection.SAFETY_NET_GRACE),
+                                        topic="abandon-scanner")
             if claimed:
-                metrics.abandoned.inc(len(claimed))
-                log.info("abandoned checkouts: %s", ", ".join(f"{c.shop_id}/{c.cart_id}" for c in claimed))
+                metrics.detections.labels("safety_net").inc(len(claimed))
             if time.monotonic() >= next_count:
                 metrics.open_carts.set(await repository.count_carts(await rt.pool()))
                 next_count = time.monotonic() + 10.0

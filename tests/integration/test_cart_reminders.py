@@ -8,6 +8,7 @@ uses fresh shops, carts and e-mail addresses. Delays are 1-8 s, so each test tak
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -164,6 +165,13 @@ async def given_shop(bootstrap: str, database_url: str, shop: c.ShopSettings) ->
     await async_wait_for(lambda: settings_known(database_url, shop.shop_id), timeout=30, message="settings known")
 
 
+def detections(worker: WorkerProcess) -> dict[str, float]:
+    """orderflow_cart_abandon_detections_total by source, from the worker's /metrics."""
+    text = httpx.get(f"{worker.url}/metrics", timeout=5).text
+    found = re.findall(r'^orderflow_cart_abandon_detections_total\{source="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {source: float(value) for source, value in found}
+
+
 def header(mail: dict, name: str) -> list[str]:
     return [v for k, vs in mail["headers"].items() if k.lower() == name.lower() for v in vs]
 
@@ -176,6 +184,7 @@ async def test_two_reminders_each_once_and_payment_between_them_stops_the_second
     kept_checkout, paid_checkout = (checkout(shop.shop_id, uid("cart"), kept),
                                     checkout(shop.shop_id, uid("cart"), paid))
     placed = order(paid_checkout)
+    before = detections(stack.cart)
     await send(kafka_bootstrap, kept_checkout, paid_checkout, placed)
 
     [first] = await mails_to(mailsink, paid, 1)
@@ -200,6 +209,10 @@ async def test_two_reminders_each_once_and_payment_between_them_stops_the_second
     await async_wait_for(lambda: relayed(database_url), timeout=30, message="outbox relayed")
     assert len(recovery_mails(mailsink, paid)) == 1, "no reminder after the order was paid"
     assert len(recovery_mails(mailsink, kept)) == 2
+    after = detections(stack.cart)
+    by_table = sum(after.get(s, 0) - before.get(s, 0) for s in ("window", "sweep"))
+    assert by_table >= 3, f"the windowed table proposed the three reminders: {before} -> {after}"
+    assert after.get("safety_net", 0) == before.get("safety_net", 0), f"the safety net had nothing to do: {after}"
 
 
 async def test_no_mail_without_consent_when_the_shop_requires_it(
