@@ -19,6 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from orderflow.infra.ports import InfraError
 
 APPLY_CHECK_SECONDS = 0.5
+UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION
 AT_LEAST = frozenset({"max.message.bytes"})
 """Settings that drift only when below the wanted value."""
 
@@ -47,17 +48,24 @@ def _check(resources: list, what: str) -> None:
             raise InfraError(f"{what} topic {name} failed: error {error_code} {error_message or ''}".strip())
 
 
-async def effective_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str | None]]:
-    """Each topic's settings as the broker applies them (the topic's own, else the broker's defaults)."""
+async def effective_configs(
+    admin: AIOKafkaAdminClient, names: list[str], *, timeout: float = 30.0
+) -> dict[str, dict[str, str | None]]:
+    """Each topic's settings as the broker applies them (the topic's own, else the broker's defaults).
+
+    A topic created moments ago can be unknown to the broker that answers (UNKNOWN_TOPIC_OR_PARTITION: seen on a
+    Kafka 4.3 broker in its first seconds): asked again for up to `timeout` seconds."""
     if not names:
         return {}
-    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in names])
-    found: dict[str, dict[str, str | None]] = {}
-    for response in responses:
-        _check(response.resources, "describing")
-        for _code, _message, _type, name, entries in response.resources:
-            found[name] = {entry[0]: entry[1] for entry in entries}
-    return found
+    deadline = time.monotonic() + timeout
+    while True:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in names])
+        resources = [resource for response in responses for resource in response.resources]
+        if time.monotonic() < deadline and any(r[0] == UNKNOWN_TOPIC for r in resources):
+            await asyncio.sleep(APPLY_CHECK_SECONDS)
+            continue
+        _check(resources, "describing")
+        return {name: {entry[0]: entry[1] for entry in entries} for _code, _message, _type, name, entries in resources}
 
 
 async def find_drift(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> list[Drift]:
@@ -85,6 +93,7 @@ async def apply_drift(admin: AIOKafkaAdminClient, drift: list[Drift], *, timeout
         wanted.setdefault(d.topic, {})[d.key] = d.wanted
     deadline = time.monotonic() + timeout
     while wanted:
+        await effective_configs(admin, list(wanted))  # waits until the broker knows each topic
         own = await _topic_overrides(admin, list(wanted))
         responses = await admin.alter_configs(
             [
