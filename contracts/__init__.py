@@ -18,6 +18,8 @@ from contracts.events import (
     InventoryDeduction,
     InventoryLevel,
     OrderCancelRequested,
+    OrderFlag,
+    OrderFlagged,
     OrderItem,
     OrderPlaced,
     OrderStatus,
@@ -33,6 +35,7 @@ from contracts.events import (
 from contracts.topics import ALL, BY_NAME, INPUTS, MAX_EVENT_BYTES, OUTPUTS, TopicSpec, spec_for
 
 __all__ = [
+    "OrderFlag", "OrderFlagged",
     "ALL", "BY_NAME", "INPUTS", "MAX_EVENT_BYTES", "OUTPUTS", "VERSION", "Address", "CartCustomer", "CartItem",
     "CartUpdated", "ChangedBy", "CheckoutAbandoned", "CheckoutStarted", "ContractError", "Customer",
     "CustomerMessageRequested", "DeductionKind", "DeductionLine", "Event", "InventoryDeduction", "InventoryLevel",

@@ -13,7 +13,10 @@ the models v1.1 left alone are v1's own classes. What is new:
   refund); and the order's own v1.1 fields as order.placed gave them (all optional), for the merchant's mail;
 - `checkout.abandoned`: `reminder` (which of the shop's recovery reminders, from 0; default 0) and `unsubscribe_url`
   (the link that stops further reminders for that e-mail in that shop; optional);
-- the input topic `payment.refunded` (`PaymentRefunded`).
+- the input topic `payment.refunded` (`PaymentRefunded`);
+- the output topic `order.flagged` (`OrderFlagged`): one per (order, flag) the orders service raises (a payment of
+  another amount or currency, a payment after cancel or expiry, a refund due), turned by notify into one alert mail
+  to the merchant, as inventory.deductions' shortfalls are.
 
 Bounds as everywhere else (`contracts/base.py`): money ≤ MAX_INT cents, texts bounded and free of control characters,
 lists bounded, durations bounded.
@@ -62,6 +65,7 @@ from contracts.v1 import (
 VERSION = "1.1"
 
 __all__ = [
+    "OrderFlag", "OrderFlagged",
     "VERSION", "Address", "CartCustomer", "CartItem", "CartUpdated", "ChangedBy", "CheckoutAbandoned",
     "CheckoutStarted", "Customer", "CustomerMessageRequested", "DeductionKind", "DeductionLine", "InventoryDeduction",
     "InventoryLevel", "OrderCancelRequested", "OrderItem", "OrderPlaced", "OrderStatus", "OrderStatusChanged",
@@ -86,6 +90,17 @@ class PaymentStatus(StrEnum):
     PAID = "paid"
     PARTIALLY_REFUNDED = "partially_refunded"
     REFUNDED = "refunded"
+
+
+class OrderFlag(StrEnum):
+    """What the merchant must look at on an order (DESIGN.md, "Order and payment rules")."""
+
+    PAYMENT_MISMATCH = "payment_mismatch"
+    """A payment of another amount or currency than the order's."""
+    PAYMENT_AFTER_CANCEL = "payment_after_cancel"
+    """A payment for an order already canceled (by the customer, the merchant or expiry)."""
+    REFUND_DUE = "refund_due"
+    """A canceled paid order that still owes the customer money (`refund_due_cents`)."""
 
 
 # --- parts -------------------------------------------------------------------------------------------------
@@ -192,3 +207,18 @@ class OrderStatusChanged(v1.OrderStatusChanged):
     tax_cents: Cents | None = None
     note: Note | None = Field(default=None, description="the customer's note, up to 2,000 characters")
     locale: LocaleTag | None = Field(default=None, description="the customer's language, BCP 47 (fr-FR)")
+
+
+class OrderFlagged(Event):
+    """An order raised a flag (topic `order.flagged`): once per (shop, order, flag), its event id derived from the
+    three; notify mails the merchant one alert per (order, flag)."""
+
+    order_id: Identifier
+    flag: OrderFlag
+    detail: Text | None = Field(default=None, description="why, as the back office shows it")
+    status: OrderStatus
+    payment_status: PaymentStatus
+    customer: Customer
+    total_cents: Cents
+    currency: Currency
+    refund_due_cents: Cents = Field(default=0, description="what a canceled paid order still owes the customer")

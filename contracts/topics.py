@@ -80,6 +80,8 @@ PAYMENT_REFUNDED = TopicSpec(
 ORDER_STATUS = TopicSpec("order.status", ev.OrderStatusChanged, _by("order_id"), "order_id", "orders")
 ORDER_MESSAGE = TopicSpec("order.message", ev.CustomerMessageRequested, _by("order_id"), "order_id", "orders",
                           retention_ms=90 * DAY_MS)  # notify records what it sent
+ORDER_FLAGGED = TopicSpec("order.flagged", ev.OrderFlagged, _by("order_id"), "order_id", "orders",
+                          retention_ms=90 * DAY_MS)  # notify records the alerts it sent
 INVENTORY_LEVELS = TopicSpec(
     "inventory.levels", ev.InventoryLevel, _shop_sku, "shop_id/sku", "inventory", compacted=True
 )
@@ -103,6 +105,7 @@ INPUTS: tuple[TopicSpec, ...] = (
 OUTPUTS: tuple[TopicSpec, ...] = (
     ORDER_STATUS,
     ORDER_MESSAGE,
+    ORDER_FLAGGED,
     INVENTORY_LEVELS,
     INVENTORY_DEDUCTIONS,
     CHECKOUT_ABANDONED,

@@ -183,6 +183,8 @@ class Settings:
     store: str = "rocksdb"
     app_id_prefix: str = "orderflow"
     abandon_scan_seconds: float = 1.0
+    expire_scan_seconds: float = 10.0
+    """How often each orders worker looks for unpaid gateway orders past their shop's expire_unpaid_after_seconds."""
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     log_level: str = "info"
 
@@ -232,6 +234,7 @@ def load_settings(service: str, port_env: str, default_port: int, env: Mapping[s
         store=store,
         app_id_prefix=env.get("ORDERFLOW_APP_ID_PREFIX", "orderflow"),
         abandon_scan_seconds=float(_int(env, "ABANDON_SCAN_MS", 1000, 50, 600_000)) / 1000.0,
+        expire_scan_seconds=float(_int(env, "EXPIRE_SCAN_MS", 10_000, 50, 3_600_000)) / 1000.0,
         kafka_security=security,
         log_level=log_level,
     )

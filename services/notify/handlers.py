@@ -14,11 +14,12 @@ from contracts import (
     CheckoutAbandoned,
     CustomerMessageRequested,
     InventoryDeduction,
+    OrderFlagged,
     OrderStatusChanged,
     ShopSettings,
 )
 from orderflow.runtime.unit import UnitOfWork
-from services.notify import core, repository
+from services.notify import alerts, core, repository
 from services.notify.core import MailIntent
 
 
@@ -43,6 +44,11 @@ async def order_status(uow: UnitOfWork, events: list[OrderStatusChanged]) -> Non
 
 async def inventory_deductions(uow: UnitOfWork, events: list[InventoryDeduction]) -> None:
     await _insert(uow, [m for e in events for m in core.mails_for_deduction(e)])
+
+
+async def order_flagged(uow: UnitOfWork, events: list[OrderFlagged]) -> None:
+    """One alert mail to the merchant per (order, flag)."""
+    await _insert(uow, [m for e in events for m in alerts.mails_for_flag(e)])
 
 
 async def checkout_abandoned(uow: UnitOfWork, events: list[CheckoutAbandoned]) -> None:

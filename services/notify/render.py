@@ -52,6 +52,7 @@ SUBJECTS = {
     "delivered": N_("{shop}: your order {order_id} was delivered"),
     "canceled": N_("{shop}: your order {order_id} was canceled"),
     "shortfall": N_("{shop}: stock shortfall on order {order_id}"),
+    "alert": N_("{shop}: order {order_id} needs your attention"),  # one per (order, flag): alerts.py
     "recovery": N_("{shop}: your cart is waiting for you"),
     "message": N_("{shop}: a message about your order {order_id}"),
     "refunded": N_("{shop}: a refund for your order {order_id}"),

@@ -14,12 +14,22 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from contracts import ChangedBy, CustomerMessageRequested, OrderStatus, ShopSettings, derived_event_id, now
+from contracts import (
+    ChangedBy,
+    CustomerMessageRequested,
+    OrderFlag,
+    OrderStatus,
+    PaymentStatus,
+    ShopSettings,
+    derived_event_id,
+    now,
+)
 from contracts.base import MAX_INT, Email, LocaleTag, LongText, Model, Text
 from orderflow.runtime.http import ApiError, int_param, json_response, read_json
 from orderflow.runtime.openapi import TEXT, Param, RouteDoc, integer, one_of
@@ -35,6 +45,7 @@ if TYPE_CHECKING:
     from services.orders.service import Orders
 
 MAX_PER_PAGE = 200
+E = TypeVar("E", bound=StrEnum)
 
 
 class StatusBody(Model):
@@ -64,6 +75,8 @@ class ShopBody(Model):
     abandon_after_seconds: int | None = Field(default=None, gt=0, le=30 * 24 * 3600)
     ignore_incomplete_orders: bool = True
     locale: LocaleTag = "en"  # contract v1.1: the shop's mails and back office
+    expire_unpaid_after_seconds: int = Field(default=core.DEFAULT_EXPIRE_UNPAID_AFTER_SECONDS, gt=0,
+                                             le=365 * 24 * 3600)
 
 
 def stock_by_line(order: repo.Order, outcomes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -93,7 +106,7 @@ async def order_view(conn: asyncpg.Connection | asyncpg.Pool, order: repo.Order)
         "payments": await repo.payments(conn, shop_id, order_id),
         "cancel_requests": await repo.cancel_requests(conn, shop_id, order_id),
         "refunds": await repo.refunds(conn, shop_id, order_id),
-        "flags": {"payment_mismatch": order.payment_mismatch, "refund_due": order.refund_due_cents > 0,
+        "flags": {**order.summary()["flags"],
                   "stock_shortfall": any((line["shortfall"] or 0) > 0 for line in stock)},
     }
 
@@ -141,6 +154,17 @@ def requested_shop(request: web.Request) -> str | None:
     return principal.shop_id if named in (None, principal.shop_id) else NOWHERE
 
 
+def enum_param(request: web.Request, name: str, enum: type[E]) -> E | None:
+    """An optional query parameter naming one member of `enum`; anything else is 400 listing the values."""
+    raw = request.query.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return enum(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be one of {', '.join(m.value for m in enum)}") from None
+
+
 def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     async def list_orders(request: web.Request) -> web.Response:
         tab = request.query.get("tab", "pending")
@@ -149,8 +173,10 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         page = int_param(request, "page", 1, 1, 1_000_000)
         per_page = int_param(request, "per_page", 50, 1, MAX_PER_PAGE)
         q = request.query.get("q", "").strip() or None
+        payment_status = enum_param(request, "payment_status", PaymentStatus)
+        flag = enum_param(request, "flag", OrderFlag)
         found, total, counts = await repo.list_orders(await rt.pool(), tab, q, requested_shop(request), page,
-                                                      per_page)
+                                                      per_page, payment_status, flag)
         return json_response({"orders": [o.summary() for o in found], "total": total, "page": page,
                               "per_page": per_page, "counts": counts})
 

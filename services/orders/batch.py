@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from contracts import OrderCancelRequested, OrderPlaced, OrderStatusChanged, PaymentConfirmed, now
+from contracts import OrderCancelRequested, OrderFlagged, OrderPlaced, OrderStatusChanged, PaymentConfirmed, now
 from orderflow.runtime import outbox
 from services.orders.core import Decision, OrderState, PaymentFacts
 from services.orders.repository import (
@@ -30,6 +30,7 @@ from services.orders.repository import (
     OrderKey,
     changes_of,
     details_params,
+    flagged,
     insert_history,
     lock_orders,
     update_orders,
@@ -49,7 +50,7 @@ class OrderBatch:
         self._inserted: set[OrderKey] = set()
         self._changed: set[OrderKey] = set()
         self._history: list[tuple] = []
-        self._events: list[OrderStatusChanged] = []
+        self._events: list[OrderStatusChanged | OrderFlagged] = []
         self._payment_outcomes: list[tuple[str, str, str, bool, str]] = []
         self._cancel_outcomes: list[tuple[str, Any, str]] = []
 
@@ -102,7 +103,7 @@ class OrderBatch:
         history, events, version = changes_of(order, decision, now())
         self._history.extend(history)
         self._events.extend(events)
-        changed = replace(order, state=decision.state, version=version,
+        changed = replace(order, state=decision.state, version=version, flags=flagged(order, decision),
                           payment_mismatch=order.payment_mismatch or decision.payment_mismatch, updated_at=now())
         self.orders[order.key] = changed
         self._changed.add(order.key)
@@ -124,13 +125,13 @@ class OrderBatch:
                 """INSERT INTO orders (order_id, shop_id, cart_id, customer, customer_email, customer_name, items,
                                        total_cents, currency, payment_method, payment_provider, status,
                                        payment_status, payment_mismatch, placed_at, version, shipping_address,
-                                       billing_address, shipping, discount_cents, tax_cents, note, locale)
+                                       billing_address, shipping, discount_cents, tax_cents, note, locale, flags)
                    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                           $17::jsonb, $18::jsonb, $19::jsonb, $20, $21, $22, $23)""",
+                           $17::jsonb, $18::jsonb, $19::jsonb, $20, $21, $22, $23, $24::text[])""",
                 [(o.order_id, o.shop_id, o.cart_id, json.dumps(o.customer), o.customer.get("email"),
                   o.customer.get("name"), json.dumps(o.items), o.total_cents, o.currency, o.payment_method,
                   o.payment_provider, o.state.status.value, o.state.payment_status.value, o.payment_mismatch,
-                  o.placed_at, o.version, *details_params(o.details)) for o in inserted])
+                  o.placed_at, o.version, *details_params(o.details), sorted(o.flags)) for o in inserted])
         updated = [self.orders[o] for o in sorted(self._changed - self._inserted)]
         if updated:
             await update_orders(conn, updated)

@@ -7,7 +7,11 @@ and emits one `order.status` per entry; a no-op writes and emits nothing.
 Choices where DESIGN.md is silent:
 - A payment whose amount or currency differs from the order is recorded and flags the order (`payment_mismatch`);
   it changes no status, so it never commits an order (no stock deducted): the merchant checks and marks it paid.
-- A payment for a canceled order is recorded and changes nothing.
+- A payment for a canceled order (customer, merchant or expiry) is recorded, changes nothing, and flags the order
+  (`payment_after_cancel`).
+- Every flag is raised once per order (`raised_flags`); raising one alerts the merchant once (order.flagged).
+- Expiry (`expire`) cancels only incomplete orders, with the reason `expired`, by the system; the payment status stays
+  incomplete (nothing was taken, so nothing is owed).
 - Marking an incomplete order paid (the merchant got the money another way) commits it: pending/paid.
 - A customer's cancel is honoured while the order is incomplete or pending; after that it is refused and recorded.
 - A merchant cannot cancel an incomplete order (DESIGN.md: only pending or processed); it stays out of the lists.
@@ -15,10 +19,11 @@ Choices where DESIGN.md is silent:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Literal
 
-from contracts import ChangedBy, OrderStatus, PaymentStatus
+from contracts import ChangedBy, OrderFlag, OrderStatus, PaymentStatus
 
 PaymentMethod = Literal["gateway", "manual"]
 
@@ -55,12 +60,17 @@ class Decision:
     state: OrderState
     changes: tuple[Change, ...] = ()
     refused: str | None = None
-    payment_mismatch: bool = False
-    """Set when a payment did not match the order: record it, flag the order, change nothing else."""
+    flags: frozenset[OrderFlag] = frozenset()
+    """Flags this event raises on the order (a payment that did not match, a payment after cancel): recorded on the
+    order besides the changes; a flag the order already has is not raised again."""
 
     @property
     def noop(self) -> bool:
         return not self.changes and self.refused is None
+
+    @property
+    def payment_mismatch(self) -> bool:
+        return OrderFlag.PAYMENT_MISMATCH in self.flags
 
 
 @dataclass(frozen=True)
@@ -99,12 +109,15 @@ def _paid(state: OrderState, by: ChangedBy, reason: str) -> Decision:
 
 
 def confirm_payment(state: OrderState, payment: PaymentFacts, total_cents: int, currency: str) -> Decision:
-    """A gateway's payment.confirmed for a placed order. The first matching one commits it; others are no-ops."""
+    """A gateway's payment.confirmed for a placed order. The first matching one commits it; others are no-ops.
+    One of another amount or currency flags `payment_mismatch`; one for a canceled (or expired) order flags
+    `payment_after_cancel` (both when both hold): the money came, the merchant must look."""
+    after_cancel = frozenset({OrderFlag.PAYMENT_AFTER_CANCEL}) if state.status == OrderStatus.CANCELED else frozenset()
     if not payment_matches(payment, total_cents, currency):
-        return Decision(state, payment_mismatch=True,
+        return Decision(state, flags=after_cancel | {OrderFlag.PAYMENT_MISMATCH},
                         refused=f"payment of {payment.amount_cents} {payment.currency} does not match the order "
                                 f"total of {total_cents} {currency}")
-    return _paid(state, ChangedBy.SYSTEM, "payment confirmed by the gateway")
+    return replace(_paid(state, ChangedBy.SYSTEM, "payment confirmed by the gateway"), flags=after_cancel)
 
 
 def mark_paid(state: OrderState) -> Decision:
@@ -154,7 +167,7 @@ def place_with_held(method: PaymentMethod, shop_ignores_incomplete: bool, total_
     matching = [pid for pid, facts in held if payment_matches(facts, total_cents, currency)]
     decision = place(method, shop_ignores_incomplete, paid_already=bool(matching))
     if len(matching) < len(held):
-        decision = Decision(decision.state, decision.changes, decision.refused, payment_mismatch=True)
+        decision = replace(decision, flags=decision.flags | {OrderFlag.PAYMENT_MISMATCH})
     settled = []
     for pid, facts in held:
         if pid in matching:
@@ -224,3 +237,45 @@ def refund(state: OrderState, total_cents: int, currency: str, refunded_cents: i
                     f"refund {refund_id} of {amount_cents} {currency} {who} ({after} of {paid} refunded)",
                     refund_id=refund_id, refund_cents=amount_cents)
     return Refund(Decision(change.after, (change,)), after)
+
+
+# --- flags and expiry -------------------------------------------------------------------------------------------
+
+EXPIRED = "expired"
+"""The reason of an expiry's cancel, exactly (DESIGN.md): consumers (notify) recognise it."""
+
+DEFAULT_EXPIRE_UNPAID_AFTER_SECONDS = 7 * 24 * 3600
+"""shop.settings' default `expire_unpaid_after_seconds`, for a shop whose settings never came."""
+
+
+FLAG_NAMES = frozenset(f.value for f in OrderFlag)
+
+
+def raised_flags(flags_before: frozenset[str], decision: Decision, total_cents: int,
+                 refunded_cents: int) -> frozenset[OrderFlag]:
+    """The flags a decision raises that the order did not have: the decision's own, and `refund_due` when it leaves
+    a canceled paid order owing the customer. Each flag is raised once per order, ever: a flag is an alert, and the
+    merchant is alerted once per (order, flag)."""
+    raised = set(decision.flags)
+    if refund_due(decision.state, total_cents, refunded_cents) > 0:
+        raised.add(OrderFlag.REFUND_DUE)
+    return frozenset(f for f in raised if f.value not in flags_before)
+
+
+def current_flags(flags_raised: frozenset[str], refund_due_cents: int) -> frozenset[OrderFlag]:
+    """What the back office shows: every flag raised, but `refund_due` only while something is still owed."""
+    return frozenset(OrderFlag(f) for f in flags_raised
+                     if f in FLAG_NAMES and (f != OrderFlag.REFUND_DUE or refund_due_cents > 0))
+
+
+def is_expired(placed_at: datetime, at: datetime, expire_after_seconds: int) -> bool:
+    return at - placed_at >= timedelta(seconds=expire_after_seconds)
+
+
+def expire(state: OrderState, placed_at: datetime, at: datetime, expire_after_seconds: int) -> Decision:
+    """An unpaid gateway order past its shop's `expire_unpaid_after_seconds`: canceled, reason `expired`, by the
+    system; payment status unchanged (incomplete). Any other order, or one not old enough, is left alone (a no-op):
+    the sweep re-checks what it claimed, so a payment committed meanwhile wins."""
+    if state.status != OrderStatus.INCOMPLETE or not is_expired(placed_at, at, expire_after_seconds):
+        return Decision(state)
+    return _changed(state, OrderState(OrderStatus.CANCELED, state.payment_status), ChangedBy.SYSTEM, EXPIRED)

@@ -22,6 +22,8 @@ from contracts import (
     Customer,
     InventoryDeduction,
     InventoryLevel,
+    OrderFlag,
+    OrderFlagged,
     OrderItem,
     OrderStatus,
     OrderStatusChanged,
@@ -69,6 +71,8 @@ class Order:
     details: dict[str, Any] = field(default_factory=dict)
     refunded_cents: int = 0
     """Contract v1.1's optional order.placed fields (`DETAILS`) the order was placed with; absent ones left out."""
+    flags: frozenset[str] = frozenset()
+    """Every flag the order ever raised (`core.raised_flags`), each alerted once; `current_flags` is what shows."""
 
     @property
     def key(self) -> OrderKey:
@@ -84,6 +88,7 @@ class Order:
             state=OrderState(OrderStatus(row["status"]), PaymentStatus(row["payment_status"])),
             payment_mismatch=row["payment_mismatch"], placed_at=row["placed_at"], updated_at=row["updated_at"],
             version=row["version"], details=details_of(row), refunded_cents=row.get("refunded_cents") or 0,
+            flags=frozenset(row.get("flags") or ()),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -95,7 +100,12 @@ class Order:
             "payment_mismatch": self.payment_mismatch, "placed_at": self.placed_at, "updated_at": self.updated_at,
             **{name: self.details.get(name) for name in DETAILS},
             "refunded_cents": self.refunded_cents, "refund_due_cents": self.refund_due_cents,
+            "flags": {flag.value: flag in self.current_flags for flag in OrderFlag},
         }
+
+    @property
+    def current_flags(self) -> frozenset[OrderFlag]:
+        return core.current_flags(self.flags, self.refund_due_cents)
 
     @property
     def refund_due_cents(self) -> int:
@@ -154,12 +164,14 @@ async def find_orders(conn: asyncpg.Connection | asyncpg.Pool, order_id: str, li
     return [Order.from_row(r) for r in rows]
 
 
-def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tuple], list[OrderStatusChanged], int]:
-    """A decision's order_history rows, its order.status events (ids derived from shop, order and seq) and the new
+def changes_of(order: Order, decision: Decision,
+               at: datetime) -> tuple[list[tuple], list[OrderStatusChanged | OrderFlagged], int]:
+    """A decision's order_history rows, its order.status events (ids derived from shop, order and seq), then one
+    order.flagged per flag it raises (id derived from shop, order and flag: once per order and flag), and the new
     version."""
     seq = order.version
     rows: list[tuple] = []
-    events: list[OrderStatusChanged] = []
+    events: list[OrderStatusChanged | OrderFlagged] = []
     for change in decision.changes:
         seq += 1
         before = change.before
@@ -181,12 +193,33 @@ def changes_of(order: Order, decision: Decision, at: datetime) -> tuple[list[tup
             refund_id=change.refund_id, refund_cents=change.refund_cents,
             **order.details,
         ))
+    due = core.refund_due(decision.state, order.total_cents, order.refunded_cents)
+    for flag in sorted(new_flags(order, decision)):
+        detail = decision.refused or (decision.changes[-1].reason if decision.changes else None)
+        if flag == OrderFlag.REFUND_DUE:
+            detail = f"canceled after payment: {due} {order.currency} to pay back to the customer"
+        events.append(OrderFlagged(
+            event_id=derived_event_id("order.flagged", order.shop_id, order.order_id, flag.value), occurred_at=at,
+            shop_id=order.shop_id, order_id=order.order_id, flag=flag, detail=detail[:500] if detail else None,
+            status=decision.state.status, payment_status=decision.state.payment_status,
+            customer=Customer.model_validate(order.customer), total_cents=order.total_cents,
+            currency=order.currency, refund_due_cents=due,
+        ))
     return rows, events, seq
 
 
+def new_flags(order: Order, decision: Decision) -> frozenset[OrderFlag]:
+    return core.raised_flags(order.flags, decision, order.total_cents, order.refunded_cents)
+
+
+def flagged(order: Order, decision: Decision) -> frozenset[str]:
+    """The order's flags once the decision is written."""
+    return order.flags | {f.value for f in new_flags(order, decision)}
+
+
 def writes_nothing(order: Order, decision: Decision) -> bool:
-    """No change and no new payment-mismatch flag: nothing to write, nothing to emit."""
-    return not decision.changes and not (decision.payment_mismatch and not order.payment_mismatch)
+    """No change and no new flag: nothing to write, nothing to emit."""
+    return not decision.changes and not new_flags(order, decision)
 
 
 async def insert_history(conn: asyncpg.Connection, rows: list[tuple]) -> None:
@@ -198,13 +231,14 @@ async def insert_history(conn: asyncpg.Connection, rows: list[tuple]) -> None:
 
 
 async def update_orders(conn: asyncpg.Connection, orders: list[Order]) -> None:
-    """Write each order's state, version, refunded amount and mismatch flag (the flag is never cleared here)."""
+    """Write each order's state, version, refunded amount and flags (flags are never cleared here)."""
     await conn.executemany(
         """UPDATE orders SET status = $3, payment_status = $4, version = $5,
-                             payment_mismatch = payment_mismatch OR $6, refunded_cents = $7, updated_at = now()
+                             payment_mismatch = payment_mismatch OR $6, refunded_cents = $7, updated_at = now(),
+                             flags = ARRAY(SELECT DISTINCT f FROM unnest(flags || $8::text[]) AS f ORDER BY f)
            WHERE shop_id = $1 AND order_id = $2""",
         [(o.shop_id, o.order_id, o.state.status.value, o.state.payment_status.value, o.version, o.payment_mismatch,
-          o.refunded_cents) for o in orders])
+          o.refunded_cents, sorted(o.flags)) for o in orders])
 
 
 async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> Order:
@@ -213,7 +247,7 @@ async def apply(conn: asyncpg.Connection, order: Order, decision: Decision) -> O
         return order
     rows, events, seq = changes_of(order, decision, now())
     await insert_history(conn, rows)
-    changed = replace(order, state=decision.state, version=seq,
+    changed = replace(order, state=decision.state, version=seq, flags=flagged(order, decision),
                       payment_mismatch=order.payment_mismatch or decision.payment_mismatch)
     await update_orders(conn, [changed])
     await outbox.stage(conn, events)
@@ -294,21 +328,23 @@ async def upsert_shop(conn: asyncpg.Connection, event: ShopSettings, *, bump_ver
     event-id dedupe here, a replay re-reads every shop.settings record."""
     return await conn.fetchval(
         """INSERT INTO shops (shop_id, name, merchant_email, abandon_after_seconds, ignore_incomplete_orders,
-                              version, occurred_at)
-           VALUES ($1, $2, $3, $4, $5, CASE WHEN $7 THEN 1 ELSE 0 END, $6)
+                              version, occurred_at, expire_unpaid_after_seconds)
+           VALUES ($1, $2, $3, $4, $5, CASE WHEN $7 THEN 1 ELSE 0 END, $6, $8)
            ON CONFLICT (shop_id) DO UPDATE SET
                name = EXCLUDED.name, merchant_email = EXCLUDED.merchant_email,
                abandon_after_seconds = EXCLUDED.abandon_after_seconds,
                ignore_incomplete_orders = EXCLUDED.ignore_incomplete_orders, occurred_at = EXCLUDED.occurred_at,
+               expire_unpaid_after_seconds = EXCLUDED.expire_unpaid_after_seconds,
                version = shops.version + CASE WHEN $7 THEN 1 ELSE 0 END, updated_at = now()
            WHERE shops.occurred_at < EXCLUDED.occurred_at
               OR (shops.occurred_at = EXCLUDED.occurred_at
-                  AND (shops.name, shops.merchant_email, shops.abandon_after_seconds, shops.ignore_incomplete_orders)
+                  AND (shops.name, shops.merchant_email, shops.abandon_after_seconds, shops.ignore_incomplete_orders,
+                       shops.expire_unpaid_after_seconds)
                       IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.merchant_email, EXCLUDED.abandon_after_seconds,
-                                        EXCLUDED.ignore_incomplete_orders))
+                                        EXCLUDED.ignore_incomplete_orders, EXCLUDED.expire_unpaid_after_seconds))
            RETURNING version""",
         event.shop_id, event.name, event.merchant_email, event.abandon_after_seconds,
-        event.ignore_incomplete_orders, event.occurred_at, bump_version,
+        event.ignore_incomplete_orders, event.occurred_at, bump_version, event.expire_unpaid_after_seconds,
     ) or 0
 
 
@@ -371,23 +407,57 @@ def _like(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+REFUND_DUE_SQL = ("(status = 'canceled' AND payment_status = ANY('{paid,partially_refunded,refunded}'::text[]) "
+                  "AND total_cents > refunded_cents)")
+"""`core.refund_due` > 0, in SQL: the `refund_due` filter shows what is owed now, not every order that once owed."""
+
+
 async def list_orders(pool: asyncpg.Pool, tab: str, q: str | None, shop_id: str | None, page: int,
-                      per_page: int) -> tuple[list[Order], int, dict[str, int]]:
-    """One page of a tab, newest first, and how many orders each tab holds under the same search."""
+                      per_page: int, payment_status: PaymentStatus | None = None,
+                      flag: OrderFlag | None = None) -> tuple[list[Order], int, dict[str, int]]:
+    """One page of a tab, newest first, and how many orders each tab holds under the same search (text, payment
+    status and flag filters combine with AND)."""
     where = ["($1::text IS NULL OR shop_id = $1)"]
     if q:
         where.append("""(order_id ILIKE $2 OR customer_email ILIKE $2 OR customer_name ILIKE $2
                          OR EXISTS (SELECT 1 FROM jsonb_array_elements(items) AS i WHERE i->>'sku' ILIKE $2))""")
     else:
         where.append("$2::text IS NULL")
+    where.append("($3::text IS NULL OR payment_status = $3)")
+    if flag == OrderFlag.REFUND_DUE:
+        where.append(f"($4::text IS NOT NULL AND {REFUND_DUE_SQL})")
+    else:
+        where.append("($4::text IS NULL OR flags @> ARRAY[$4::text])")
     filters = " AND ".join(where)
     pattern = _like(q) if q else None
+    args = (shop_id, pattern, payment_status.value if payment_status else None, flag.value if flag else None)
     counts_rows = await pool.fetch(f"SELECT status, count(*) AS n FROM orders WHERE {filters} GROUP BY status",
-                                   shop_id, pattern)
+                                   *args)
     by_status = {r["status"]: r["n"] for r in counts_rows}
     counts = {name: sum(by_status.get(s, 0) for s in statuses) for name, statuses in TABS.items()}
     rows = await pool.fetch(
-        f"""SELECT * FROM orders WHERE {filters} AND status = ANY($3::text[])
-            ORDER BY placed_at DESC, order_id DESC LIMIT $4 OFFSET $5""",
-        shop_id, pattern, list(TABS[tab]), per_page, (page - 1) * per_page)
+        f"""SELECT * FROM orders WHERE {filters} AND status = ANY($5::text[])
+            ORDER BY placed_at DESC, order_id DESC LIMIT $6 OFFSET $7""",
+        *args, list(TABS[tab]), per_page, (page - 1) * per_page)
     return [Order.from_row(r) for r in rows], counts[tab], counts
+
+
+# --- expiry -----------------------------------------------------------------------------------------------------
+
+
+async def claim_expired(conn: asyncpg.Connection, at: datetime, limit: int) -> list[tuple[Order, int]]:
+    """Incomplete orders placed at least their shop's `expire_unpaid_after_seconds` before `at` (the contract's
+    default for a shop without settings), oldest first, each with that setting; locked for this transaction.
+
+    `SKIP LOCKED`: an order another transaction holds (the other orders worker's sweep, or a handler applying its
+    payment) is left to it, never waited for; the status test is checked again on the row as committed, so an order
+    a payment committed meanwhile is not claimed. The caller cancels them in the same transaction, which is what
+    makes each expiry happen once across workers and restarts."""
+    rows = await conn.fetch(
+        """SELECT o.*, coalesce(s.expire_unpaid_after_seconds, $3) AS expire_after
+           FROM orders o LEFT JOIN shops s ON s.shop_id = o.shop_id
+           WHERE o.status = 'incomplete'
+             AND o.placed_at <= $1::timestamptz - make_interval(secs => coalesce(s.expire_unpaid_after_seconds, $3))
+           ORDER BY o.placed_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED""",
+        at, limit, core.DEFAULT_EXPIRE_UNPAID_AFTER_SECONDS)
+    return [(Order.from_row(r), r["expire_after"]) for r in rows]

@@ -32,7 +32,7 @@ class Orders:
 
 def build(settings: Settings) -> Runtime:
     from orderflow.runtime.app import Runtime
-    from services.orders import api, web
+    from services.orders import api, expiry, web
     from services.orders.access import Access
 
     rt = Runtime(settings)
@@ -45,6 +45,7 @@ def build(settings: Settings) -> Runtime:
     rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings, batch=100)
     rt.consume(topics.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=500)
     rt.consume(topics.INVENTORY_LEVELS, handlers.inventory_levels, batch=500)  # the Stock page's read model
+    expiry.register(rt, settings.expire_scan_seconds)  # unpaid gateway orders canceled as `expired`, once
     orders = Orders(rt, metrics)
     access = Access(rt)  # BACKOFFICE_TOKEN (every shop) or a shop's merchant credential, shared by API and pages
     api.add_routes(rt, orders, access)

@@ -36,6 +36,8 @@ def test_every_template_renders_text_and_html_with_the_shop_name() -> None:
         "message": {"order_id": "o-1", "customer_name": "Ada", "text": "Hi"},
         "refunded": {**order_context(), "currency": "EUR", "total_cents": 2500, "refund_cents": 500,
                      "refunded_cents": 500, "refund_id": "r-1"},
+        "alert": {"order_id": "o-1", "flag": "refund_due", "detail": "", "customer_name": "Ada",
+                  "customer_email": "ada@example.com", "currency": "EUR", "total_cents": 2500, "refund_cents": 2500},
     }
     assert set(contexts) == set(render.SUBJECTS)
     for template, ctx in contexts.items():

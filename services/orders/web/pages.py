@@ -31,7 +31,16 @@ from aiohttp import web
 from babel import Locale
 from pydantic import ValidationError
 
-from contracts import CustomerMessageRequested, OrderStatus, ShopSettings, StockAdjusted, derived_event_id, now
+from contracts import (
+    CustomerMessageRequested,
+    OrderFlag,
+    OrderStatus,
+    PaymentStatus,
+    ShopSettings,
+    StockAdjusted,
+    derived_event_id,
+    now,
+)
 from orderflow import i18n
 from orderflow.auth.credentials import OPERATOR, Principal
 from orderflow.i18n import N_
@@ -82,6 +91,12 @@ WORDS = (N_("pending"), N_("processed"), N_("delivered"), N_("canceled"), N_("in
          N_("paid"), N_("partially_refunded"), N_("refunded"), N_("system"), N_("merchant"), N_("customer"),
          N_("gateway"), N_("manual"), N_("queued"), N_("sent"), N_("retrying"), N_("failed"), N_("held"))
 """Statuses and other values the pages show as they are stored (`{{ _(order.status) }}`)."""
+PAYMENT_FILTERS = {"awaiting": N_("Awaiting payment"), "paid": N_("Paid"), "incomplete": N_("Not paid"),
+                   "partially_refunded": N_("Partially refunded"), "refunded": N_("Refunded")}
+"""The payment-status filter of the orders list (the French seed's "Statut du paiement" search)."""
+FLAG_FILTERS = {"payment_mismatch": N_("Payment mismatch"), "payment_after_cancel": N_("Payment after cancel"),
+                "refund_due": N_("Refund due")}
+"""The flag filter: orders the merchant must look at."""
 
 
 @dataclass(frozen=True)
@@ -242,10 +257,15 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         q = request.query.get("q", "").strip()[:200]
         shop_id = request.query.get("shop_id", "").strip() if principal_of(request).operator else ""
         page = int(p) if (p := request.query.get("page", "1")).isdigit() and 0 < int(p) < 1_000_000 else 1
+        # the filters: an unknown value shows every order, as if none was chosen (the JSON API says 400)
+        payment_status = PaymentStatus(v) if (v := request.query.get("payment_status")) in PAYMENT_FILTERS else None
+        flag = OrderFlag(v) if (v := request.query.get("flag")) in FLAG_FILTERS else None
         found, total, counts = await repo.list_orders(await rt.pool(), tab, q or None, requested_shop(request),
-                                                      page, PER_PAGE)
+                                                      page, PER_PAGE, payment_status, flag)
         return render(request, "orders.html", tab=tab, q=q, shop_id=shop_id, page=page, orders=found,
-                      total=total, counts=counts, pages=max(1, math.ceil(total / PER_PAGE)))
+                      total=total, counts=counts, pages=max(1, math.ceil(total / PER_PAGE)),
+                      payment_status=payment_status.value if payment_status else "",
+                      flag=flag.value if flag else "", payment_filters=PAYMENT_FILTERS, flag_filters=FLAG_FILTERS)
 
     async def load_order(request: web.Request,
                          conn: asyncpg.Connection | asyncpg.Pool) -> repo.Order | web.StreamResponse:
