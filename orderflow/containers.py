@@ -153,7 +153,7 @@ def _health_of_worker(port: int) -> list[str]:
     ]
 
 
-def _wait_healthy(names: Sequence[str], timeout: float, say: Callable[[str], None]) -> None:
+def wait_healthy(names: Sequence[str], timeout: float, say: Callable[[str], None]) -> None:
     """Run each container's health check until it passes (podman has no systemd timer here to run them)."""
     deadline = time.monotonic() + timeout
     pending = list(names)
@@ -232,7 +232,7 @@ def up(scale: dict[str, int] | None = None, *, build: bool = True, say: Callable
         "--listen",
         f"127.0.0.1:{MAILPIT_HTTP_PORT}",
     )
-    _wait_healthy([f"{PREFIX}kafka", f"{PREFIX}postgres", f"{PREFIX}mailpit"], READY_TIMEOUT, say)
+    wait_healthy([f"{PREFIX}kafka", f"{PREFIX}postgres", f"{PREFIX}mailpit"], READY_TIMEOUT, say)
     # The one-shot set-up: topics (idempotent) and migrations, before any worker.
     init = podman(
         "run",
@@ -268,7 +268,7 @@ def up(scale: dict[str, int] | None = None, *, build: bool = True, say: Callable
             "worker",
             service,
         )
-    _wait_healthy([name for name, _s, _p in layout.workers()], READY_TIMEOUT, say)
+    wait_healthy([name for name, _s, _p in layout.workers()], READY_TIMEOUT, say)
     say(
         f"up in {time.monotonic() - began:.1f} s: pod {POD}, {len(layout.containers())} containers; "
         f"back office http://127.0.0.1:{SERVICE_PORTS['orders']}/backoffice/, "
