@@ -17,6 +17,8 @@ from contracts.events import (
     DeductionLine,
     InventoryDeduction,
     InventoryLevel,
+    MailState,
+    MailStatusChanged,
     OrderCancelRequested,
     OrderFlag,
     OrderFlagged,
@@ -39,7 +41,8 @@ __all__ = [
     "ALL", "BY_NAME", "INPUTS", "MAX_EVENT_BYTES", "OUTPUTS", "VERSION", "Address", "CartCustomer", "CartItem",
     "CartUpdated", "ChangedBy", "CheckoutAbandoned", "CheckoutStarted", "ContractError", "Customer",
     "CustomerMessageRequested", "DeductionKind", "DeductionLine", "Event", "InventoryDeduction", "InventoryLevel",
-    "OrderCancelRequested", "OrderItem", "OrderPlaced", "OrderStatus", "OrderStatusChanged", "Payment",
+    "MailState", "MailStatusChanged", "OrderCancelRequested", "OrderItem", "OrderPlaced", "OrderStatus",
+    "OrderStatusChanged", "Payment",
     "PaymentConfirmed", "PaymentRefunded", "PaymentStatus", "ShippingChoice", "ShopSettings", "StockAdjusted",
     "TopicSpec", "decode", "decode_for", "derived_event_id", "encode", "new_event_id", "now", "spec_for",
 ]

@@ -16,7 +16,8 @@ the models v1.1 left alone are v1's own classes. What is new:
 - the input topic `payment.refunded` (`PaymentRefunded`);
 - the output topic `order.flagged` (`OrderFlagged`): one per (order, flag) the orders service raises (a payment of
   another amount or currency, a payment after cancel or expiry, a refund due), turned by notify into one alert mail
-  to the merchant, as inventory.deductions' shortfalls are.
+  to the merchant, as inventory.deductions' shortfalls are;
+- the output topic `mail.status` (`MailStatusChanged`): notify's word on each e-mail, for the back office.
 
 Bounds as everywhere else (`contracts/base.py`): money ≤ MAX_INT cents, texts bounded and free of control characters,
 lists bounded, durations bounded.
@@ -25,7 +26,7 @@ lists bounded, durations bounded.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -42,6 +43,7 @@ from contracts.base import (
     Note,
     Text,
     Url,
+    UtcDatetime,
 )
 from contracts.v1 import (
     CartCustomer,
@@ -68,7 +70,8 @@ __all__ = [
     "OrderFlag", "OrderFlagged",
     "VERSION", "Address", "CartCustomer", "CartItem", "CartUpdated", "ChangedBy", "CheckoutAbandoned",
     "CheckoutStarted", "Customer", "CustomerMessageRequested", "DeductionKind", "DeductionLine", "InventoryDeduction",
-    "InventoryLevel", "OrderCancelRequested", "OrderItem", "OrderPlaced", "OrderStatus", "OrderStatusChanged",
+    "InventoryLevel", "MailState", "MailStatusChanged", "OrderCancelRequested", "OrderItem", "OrderPlaced",
+    "OrderStatus", "OrderStatusChanged",
     "Payment", "PaymentConfirmed", "PaymentRefunded", "PaymentStatus", "ShippingChoice", "ShopSettings",
     "StockAdjusted",
 ]
@@ -207,6 +210,34 @@ class OrderStatusChanged(v1.OrderStatusChanged):
     tax_cents: Cents | None = None
     note: Note | None = Field(default=None, description="the customer's note, up to 2,000 characters")
     locale: LocaleTag | None = Field(default=None, description="the customer's language, BCP 47 (fr-FR)")
+
+
+class MailState(StrEnum):
+    """What the back office shows of an e-mail: notify's outbox row state, with a waiting row split by its cause."""
+
+    QUEUED = "queued"  # waiting for its first try, or re-queued by an operator
+    RETRYING = "retrying"  # a transient failure (server away, 4xx): tried again with backoff, never given up
+    SENT = "sent"
+    FAILED = "failed"  # refused for good (a 5xx naming the recipient, an unusable address); `reply` says why
+
+
+class MailStatusChanged(Event):
+    """One per change of an e-mail's state that a merchant should see (topic `mail.status`, produced by notify).
+
+    The newest `changed_at` wins: a consumer keeps the latest per (shop_id, subject, subject_id, kind), so a
+    redelivered or replayed older state changes nothing.
+    """
+
+    subject: Literal["order", "cart"]
+    subject_id: Identifier = Field(description="the order_id or cart_id the mail is about")
+    kind: Annotated[Text, Field(min_length=1, max_length=200)] = Field(
+        description="confirmation, new_order, processed, delivered, canceled, shortfall, recovery, message:<id>, …")
+    audience: Literal["merchant", "customer"]
+    state: MailState
+    attempts: int = Field(ge=0, le=MAX_INT)
+    reply: Text | None = Field(default=None, description="the SMTP server's last reply or the error, if any")
+    message_id: Annotated[Text, Field(min_length=1)]
+    changed_at: UtcDatetime
 
 
 class OrderFlagged(Event):

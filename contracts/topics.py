@@ -91,6 +91,9 @@ INVENTORY_DEDUCTIONS = TopicSpec(
 CHECKOUT_ABANDONED = TopicSpec(
     "checkout.abandoned", ev.CheckoutAbandoned, _by("cart_id"), "cart_id", "cart", retention_ms=90 * DAY_MS
 )
+MAIL_STATUS = TopicSpec(
+    "mail.status", ev.MailStatusChanged, _by("subject_id"), "order_id or cart_id (subject_id)", "notify"
+)
 
 INPUTS: tuple[TopicSpec, ...] = (
     CART_UPDATED,
@@ -109,6 +112,7 @@ OUTPUTS: tuple[TopicSpec, ...] = (
     INVENTORY_LEVELS,
     INVENTORY_DEDUCTIONS,
     CHECKOUT_ABANDONED,
+    MAIL_STATUS,
 )
 ALL: tuple[TopicSpec, ...] = INPUTS + OUTPUTS
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in ALL}

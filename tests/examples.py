@@ -58,13 +58,17 @@ _FACTORIES: dict[type[c.Event], Callable[[], dict[str, Any]]] = {
     c.InventoryLevel: lambda: {"sku": "MUG-1", "available": 7, "updated_at": c.now()},
     c.InventoryDeduction: lambda: {"order_id": _id("order"), "kind": "deducted",
                                    "lines": [c.DeductionLine(sku="MUG-1", asked=2, moved=1)]},
+    c.CheckoutAbandoned: lambda: {"cart_id": _id("cart"), "customer": _customer(), "items": _cart_items(),
+                                  "started_at": c.now() - timedelta(hours=2), "order_id": _id("order"),
+                                  "recovery_url": "https://shop.example.com/cart/resume?c=abc"},
     c.OrderFlagged: lambda: {"order_id": _id("order"), "flag": "payment_after_cancel",
                              "detail": "the order is canceled; a payment cannot reopen it", "status": "canceled",
                              "payment_status": "incomplete", "customer": _customer(), "total_cents": 4500,
                              "currency": "EUR"},
-    c.CheckoutAbandoned: lambda: {"cart_id": _id("cart"), "customer": _customer(), "items": _cart_items(),
-                                  "started_at": c.now() - timedelta(hours=2), "order_id": _id("order"),
-                                  "recovery_url": "https://shop.example.com/cart/resume?c=abc"},
+    c.MailStatusChanged: lambda: {"subject": "order", "subject_id": _id("order"), "kind": "confirmation",
+                                  "audience": "customer", "state": "failed", "attempts": 1,
+                                  "reply": "550 5.1.1 <ada@example.com>: no such user",
+                                  "message_id": "<abc@orderflow.example>", "changed_at": c.now()},
 }
 
 

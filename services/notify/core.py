@@ -18,8 +18,11 @@ from contracts import (
     CustomerMessageRequested,
     DeductionKind,
     InventoryDeduction,
+    MailState,
+    MailStatusChanged,
     OrderStatus,
     OrderStatusChanged,
+    derived_event_id,
 )
 from orderflow import i18n
 
@@ -226,3 +229,43 @@ def resolve_recipient(audience: Audience, to_addr: str | None, shop_name: str | 
             return None
         return Recipient(to_addr, shop_id, None)
     return Recipient(to_addr, shop_name, merchant_email)
+
+
+# --- what the back office sees of a mail (topic mail.status) ----------------------------------------------------
+
+def mail_subject(kind: str) -> Literal["order", "cart"]:
+    """Recovery mails are about a cart (their ref names the cart); every other kind is about an order."""
+    return "cart" if kind.startswith("recovery") else "order"
+
+
+def shown_state(row_state: str, last_error: str | None) -> MailState:
+    """The outbox row's state as a merchant reads it: a waiting row with an error is being retried."""
+    if row_state == "sent":
+        return MailState.SENT
+    if row_state == "failed":
+        return MailState.FAILED
+    return MailState.RETRYING if last_error else MailState.QUEUED
+
+
+def mail_status_event(row: dict[str, Any]) -> MailStatusChanged:
+    """One mail.status event for a changed outbox row (services/notify/repository.take_unpublished_states).
+
+    Its id is derived from the mail and the moment of the change, so the same change staged again (it is not:
+    the flag commits with it) would still be one event downstream.
+    """
+    shop_id, subject_id = row["ref"].split("/", 1)
+    changed_at = row["status_changed_at"]
+    return MailStatusChanged(
+        event_id=derived_event_id("mail.status", row["ref"], row["kind"], changed_at.isoformat()),
+        occurred_at=changed_at, shop_id=shop_id, subject=mail_subject(row["kind"]), subject_id=subject_id,
+        kind=row["kind"], audience=row["audience"], state=shown_state(row["state"], row["last_error"]),
+        attempts=row["attempts"], reply=_one_line(row["last_error"]), message_id=row["message_id"],
+        changed_at=changed_at,
+    )
+
+
+def _one_line(error: str | None) -> str | None:
+    """A server's reply, fit for the contract's Text: one line, no control characters, at most 500 characters."""
+    if not error:
+        return None
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in error).split())[:500] or None

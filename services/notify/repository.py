@@ -131,6 +131,10 @@ _HELD = "ref = $1 AND kind = $2 AND claim_token = $3 AND state = 'sending'"
 """The row is still this claim's: nobody re-claimed it since (fencing)."""
 
 
+_CHANGED = "status_unpublished = true, status_changed_at = now()"
+"""The merchant should see this change: the status feed publishes it (migrations/005_mail_status_feed.sql)."""
+
+
 def _matched(status: str) -> bool:
     return status.rsplit(" ", 1)[-1] != "0"
 
@@ -146,7 +150,8 @@ async def store_rendering(pool: asyncpg.Pool, mail: ClaimedMail, to_addr: str, s
 async def mark_sent(pool: asyncpg.Pool, mail: ClaimedMail) -> bool:
     """False: the row is no longer this claim's (its lease ran out and another sender took it)."""
     return _matched(await pool.execute(
-        f"UPDATE mails SET state = 'sent', sent_at = now(), last_error = NULL, claim_token = NULL WHERE {_HELD}",
+        f"UPDATE mails SET state = 'sent', sent_at = now(), last_error = NULL, claim_token = NULL, {_CHANGED} "
+        f"WHERE {_HELD}",
         mail.ref, mail.kind, mail.token,
     ))
 
@@ -154,6 +159,9 @@ async def mark_sent(pool: asyncpg.Pool, mail: ClaimedMail) -> bool:
 async def mark_retry(pool: asyncpg.Pool, mail: ClaimedMail, delay_seconds: float, error: str) -> bool:
     return _matched(await pool.execute(
         "UPDATE mails SET state = 'pending', next_attempt_at = now() + make_interval(secs => $4), last_error = $5, "
+        # the same error again is no news for the back office: only a first or a different one is published
+        "status_unpublished = status_unpublished OR last_error IS DISTINCT FROM $5, "
+        "status_changed_at = CASE WHEN last_error IS DISTINCT FROM $5 THEN now() ELSE status_changed_at END, "
         f"claim_token = NULL WHERE {_HELD}",
         mail.ref, mail.kind, mail.token, float(delay_seconds), error[:1000],
     ))
@@ -161,7 +169,7 @@ async def mark_retry(pool: asyncpg.Pool, mail: ClaimedMail, delay_seconds: float
 
 async def mark_failed(pool: asyncpg.Pool, mail: ClaimedMail, error: str) -> bool:
     return _matched(await pool.execute(
-        "UPDATE mails SET state = 'failed', failed_at = now(), last_error = $4, claim_token = NULL "
+        f"UPDATE mails SET state = 'failed', failed_at = now(), last_error = $4, claim_token = NULL, {_CHANGED} "
         f"WHERE {_HELD}",
         mail.ref, mail.kind, mail.token, error[:1000],
     ))
@@ -174,7 +182,11 @@ async def release(pool: asyncpg.Pool, mails: Sequence[ClaimedMail], note: str | 
         return
     await pool.execute(
         """UPDATE mails SET state = 'pending', attempts = attempts - 1, next_attempt_at = now(), claim_token = NULL,
-                            last_error = COALESCE($4, mails.last_error)
+                            last_error = COALESCE($4, mails.last_error),
+                            status_unpublished = mails.status_unpublished
+                                OR ($4 IS NOT NULL AND mails.last_error IS DISTINCT FROM $4),
+                            status_changed_at = CASE WHEN $4 IS NOT NULL AND mails.last_error IS DISTINCT FROM $4
+                                                     THEN now() ELSE mails.status_changed_at END
            FROM unnest($1::text[], $2::text[], $3::uuid[]) AS k(ref, kind, token)
            WHERE mails.ref = k.ref AND mails.kind = k.kind AND mails.claim_token = k.token
              AND mails.state = 'sending'""",
@@ -253,11 +265,33 @@ async def requeue(conn: asyncpg.Connection | asyncpg.Pool, *, keys: Sequence[tup
     rows = await conn.fetch(
         """UPDATE mails SET state = 'pending', next_attempt_at = now(), attempts = 0, requeued = requeued + 1,
                             claim_token = NULL, failed_at = NULL, subject = NULL, text = NULL, html = NULL,
-                            to_addr = CASE WHEN audience = 'merchant' THEN NULL ELSE to_addr END
+                            to_addr = CASE WHEN audience = 'merchant' THEN NULL ELSE to_addr END,
+                            status_unpublished = true, status_changed_at = now()
            WHERE state IN ('failed', 'pending')
              AND CASE WHEN $3::text IS NOT NULL THEN shop_id = $3 AND state = 'failed'
                       ELSE (ref, kind) IN (SELECT * FROM unnest($1::text[], $2::text[])) END
            RETURNING ref, kind, shop_id, message_id""",
         [k[0] for k in keys or []], [k[1] for k in keys or []], failed_of_shop,
+    )
+    return [dict(r) for r in rows]
+
+
+# --- the status feed (topic mail.status) -----------------------------------------------------------------------
+
+async def take_unpublished_states(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
+    """Clear the flag of up to `limit` rows whose state change is not yet published, returning what to publish.
+
+    Run in the transaction that stages their mail.status events: the flag and the events commit together. SKIP
+    LOCKED lets every worker's feed take its own rows; a row a sender is updating right now is taken next round.
+    """
+    rows = await conn.fetch(
+        """WITH due AS (
+               SELECT ref, kind FROM mails WHERE status_unpublished
+               ORDER BY status_changed_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           UPDATE mails m SET status_unpublished = false
+           FROM due WHERE m.ref = due.ref AND m.kind = due.kind
+           RETURNING m.ref, m.kind, m.shop_id, m.audience, m.state, m.attempts, m.last_error, m.message_id,
+                     m.status_changed_at""",
+        limit,
     )
     return [dict(r) for r in rows]

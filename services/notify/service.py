@@ -12,7 +12,7 @@ from contracts import topics as t
 from orderflow.runtime.app import Runtime
 from orderflow.services import ServiceSpec
 from orderflow.settings import Settings
-from services.notify import api, handlers
+from services.notify import api, handlers, status_feed
 from services.notify.sender import MailMetrics, MailSender
 
 
@@ -24,6 +24,11 @@ def build(settings: Settings) -> Runtime:
     senders = [MailSender(rt.pool, settings, metrics, reports_depth=i == 0) for i in range(settings.mail_connections)]
     for one in senders:
         rt.background(one.run, drain=one.stop)  # a stop lets the mail in flight be sent and recorded
+
+    async def mail_status_feed() -> None:  # mail.status: what the back office shows of each mail
+        await status_feed.run_feed(rt)
+
+    rt.background(mail_status_feed)
 
     @rt.health_check
     async def smtp_health() -> dict[str, Any]:

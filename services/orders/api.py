@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 from contracts import (
     ChangedBy,
     CustomerMessageRequested,
+    MailState,
     OrderFlag,
     OrderStatus,
     PaymentStatus,
@@ -106,6 +107,7 @@ async def order_view(conn: asyncpg.Connection | asyncpg.Pool, order: repo.Order)
         "payments": await repo.payments(conn, shop_id, order_id),
         "cancel_requests": await repo.cancel_requests(conn, shop_id, order_id),
         "refunds": await repo.refunds(conn, shop_id, order_id),
+        "mails": await repo.order_mails(conn, shop_id, order_id),  # notify's word on each (mail.status)
         "flags": {**order.summary()["flags"],
                   "stock_shortfall": any((line["shortfall"] or 0) > 0 for line in stock)},
     }
@@ -308,6 +310,15 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         stored = await rt.run_unit(work, wait_for_dependencies=False)
         return json_response(stored.model_dump(mode="json", exclude={"event_id", "occurred_at"}))
 
+    async def list_mails(request: web.Request) -> web.Response:
+        """The shop's mails as notify last reported them (mail.status), newest first; `reply` is the server's."""
+        state = enum_param(request, "state", MailState)
+        shop_id = requested_shop(request)
+        limit = int_param(request, "limit", 100, 1, MAX_PER_PAGE)
+        rows = await repo.list_mail_states(await rt.pool(), None if shop_id is None else [shop_id],
+                                           state.value if state else None, limit)
+        return json_response({"mails": rows})
+
     def route(method: str, path: str, handler: Any, doc: RouteDoc | None = None) -> None:
         # auth: the operator or the shop's merchant (access.py); 429 once an address spent its failed tokens
         rt.http.route(method, path, access.api(handler), auth=False,
@@ -330,5 +341,9 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         status=202, errors=(404, 409)))
     route("POST", "/orders/{order_id}/refunds", post_refund, RouteDoc(
         "record a refund, once per refund_id", query=(shop,), body=RefundBody, errors=(404, 409)))
+    route("GET", "/mails", list_mails, RouteDoc(
+        "the shop's e-mails and their state (queued, retrying, sent, failed) with the server's reply, newest first",
+        query=(Param("state", one_of(tuple(m.value for m in MailState))), Param("limit", integer(1, MAX_PER_PAGE, 100)),
+               shop)))
     route("PUT", "/shops/{shop_id}", put_shop, RouteDoc(
         "set a shop's settings", body=ShopBody, errors=(404, 409)))

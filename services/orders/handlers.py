@@ -18,6 +18,7 @@ from contracts import (
     ChangedBy,
     InventoryDeduction,
     InventoryLevel,
+    MailStatusChanged,
     OrderCancelRequested,
     OrderPlaced,
     PaymentConfirmed,
@@ -167,3 +168,9 @@ async def inventory_levels(uow: UnitOfWork, events: list[InventoryLevel]) -> Non
     """The back office's stock read model: each (shop, SKU) keeps its newest level by updated_at (a compacted topic
     read again from the start, or a redelivery, changes nothing)."""
     await repo.store_stock_levels(uow.conn, events)
+
+
+async def mail_states(uow: UnitOfWork, events: list[MailStatusChanged]) -> None:
+    """The back office's read model of notify's mails: each mail keeps its newest state (an older one, redelivered
+    or replayed, changes nothing)."""
+    await repo.store_mail_states(uow.conn, events)

@@ -12,6 +12,7 @@ race its own order.placed; the lock exists even before the row does, so a held p
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from contracts import (
     Customer,
     InventoryDeduction,
     InventoryLevel,
+    MailStatusChanged,
     OrderFlag,
     OrderFlagged,
     OrderItem,
@@ -461,3 +463,41 @@ async def claim_expired(conn: asyncpg.Connection, at: datetime, limit: int) -> l
            ORDER BY o.placed_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED""",
         at, limit, core.DEFAULT_EXPIRE_UNPAID_AFTER_SECONDS)
     return [(Order.from_row(r), r["expire_after"]) for r in rows]
+
+
+# --- mail states (read model of mail.status) --------------------------------------------------------------------
+
+MAIL_COLUMNS = ("subject", "subject_id", "kind", "audience", "state", "attempts", "reply", "message_id", "changed_at")
+
+
+async def store_mail_states(conn: asyncpg.Connection, events: list[MailStatusChanged]) -> None:
+    """Keep each mail's newest state: an older one (redelivered, replayed, out of order) changes nothing."""
+    await conn.executemany(
+        """INSERT INTO mail_states (shop_id, subject, subject_id, kind, audience, state, attempts, reply, message_id,
+                                    changed_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           ON CONFLICT (shop_id, subject, subject_id, kind) DO UPDATE SET
+               audience = EXCLUDED.audience, state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+               reply = EXCLUDED.reply, message_id = EXCLUDED.message_id, changed_at = EXCLUDED.changed_at
+           WHERE mail_states.changed_at < EXCLUDED.changed_at""",
+        [(e.shop_id, e.subject, e.subject_id, e.kind, e.audience, e.state.value, e.attempts, e.reply, e.message_id,
+          e.changed_at) for e in events],
+    )
+
+
+async def order_mails(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, order_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {', '.join(MAIL_COLUMNS)} FROM mail_states WHERE shop_id = $1 AND subject = 'order' "
+        "AND subject_id = $2 ORDER BY changed_at, kind", shop_id, order_id)
+    return [dict(r) for r in rows]
+
+
+async def list_mail_states(conn: asyncpg.Connection | asyncpg.Pool, shop_ids: Sequence[str] | None,
+                           state: str | None, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest mails first, of the given shops (None: every shop, for the operator), optionally in one state."""
+    rows = await conn.fetch(
+        f"SELECT shop_id, {', '.join(MAIL_COLUMNS)} FROM mail_states "
+        "WHERE ($1::text[] IS NULL OR shop_id = ANY($1::text[])) AND ($2::text IS NULL OR state = $2) "
+        "ORDER BY changed_at DESC, shop_id, subject_id, kind LIMIT $3",
+        list(shop_ids) if shop_ids is not None else None, state, limit)
+    return [dict(r) for r in rows]

@@ -1,6 +1,6 @@
 """The orders service's wiring: order.placed, payment.confirmed, payment.refunded, order.cancel_requested,
-shop.settings, inventory.deductions and inventory.levels in; order.status, order.message and shop.settings out; the
-back-office HTTP API and pages.
+shop.settings, inventory.deductions, inventory.levels and mail.status in; order.status, order.message and
+shop.settings out; the back-office HTTP API and pages.
 
 The rules are in `core.py`, the stream handlers in `handlers.py`, the batch writes in `batch.py`, the SQL in
 `repository.py`, the HTTP surface in `api.py` and `web/`.
@@ -45,6 +45,7 @@ def build(settings: Settings) -> Runtime:
     rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings, batch=100)
     rt.consume(topics.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=500)
     rt.consume(topics.INVENTORY_LEVELS, handlers.inventory_levels, batch=500)  # the Stock page's read model
+    rt.consume(topics.MAIL_STATUS, handlers.mail_states, batch=500)  # each mail's state, for the order page
     expiry.register(rt, settings.expire_scan_seconds)  # unpaid gateway orders canceled as `expired`, once
     orders = Orders(rt, metrics)
     access = Access(rt)  # BACKOFFICE_TOKEN (every shop) or a shop's merchant credential, shared by API and pages

@@ -6,6 +6,7 @@ live worker would deliver these mails itself).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from contracts import topics as t
 from contracts.producer import StorefrontProducer
 from orderflow.infra import mailsink as sink
 from services.notify import core
@@ -29,6 +31,7 @@ from tests.integration.test_notify_mail import (
     shop_settings,
     uid,
 )
+from tests.integration.test_orders_service import TopicTail
 from tests.workers import free_port, make_worker
 
 pytestmark = pytest.mark.slow
@@ -118,6 +121,7 @@ async def test_a_recipient_refused_with_550_fails_with_the_reply_and_is_retried_
     httpx.put(f"{box_handle.http_url}/faults", json={"reject_rcpt": [bounced]}, timeout=5).raise_for_status()
     worker = await notify_worker(kafka_bootstrap, database_url, tmp_path, SMTP_HOST="127.0.0.1",
                                  SMTP_PORT=str(box_handle.smtp_port), MAIL_SMTP_CONNECTIONS="1")
+    feed = await TopicTail(kafka_bootstrap, t.MAIL_STATUS.name).start()  # what the back office is told
     try:
         await producer.send(shop_settings(shop, merchant))
         order = f"o-{uid()}"
@@ -136,6 +140,17 @@ async def test_a_recipient_refused_with_550_fails_with_the_reply_and_is_retried_
         assert metric(worker, "orderflow_mail_failed_total") == 1
         assert box.messages(to=bounced) == []
 
+        def states_of(kind: str) -> list[tuple[str, str | None]]:
+            values = [json.loads(r.value) for r in feed.records if r.key == order.encode()]
+            return [(v["state"], v.get("reply")) for v in values if v["shop_id"] == shop and v["kind"] == kind]
+
+        # published on mail.status for the back office: failed, with the server's reply (the orders read model of
+        # it is tested in test_orders_v11.py)
+        await feed.until(lambda _: states_of("confirmation") != [], "the failure published on mail.status")
+        [(state, reply)] = states_of("confirmation")
+        assert state == "failed" and reply == row["last_error"]
+        await feed.until(lambda _: states_of("new_order") == [("sent", None)], "the merchant's mail published")
+
         # visible over notify's HTTP API (bearer token) ...
         assert httpx.get(f"{worker.url}/mails", params={"shop": shop}, timeout=5).status_code == 401
         with worker.client() as api:
@@ -153,6 +168,10 @@ async def test_a_recipient_refused_with_550_fails_with_the_reply_and_is_retried_
         assert f"re-queued {ref} confirmation {core.message_id(ref, 'confirmation')}" in retried.stdout
         [mail] = await mails_to(box, bounced, 1)
         assert mail["message_id"] == core.message_id(ref, "confirmation")
+        # re-queued, then sent: the feed ends on "sent" (the queued state may be folded into it when both changes
+        # land in one round of the feed)
+        await feed.until(lambda _: states_of("confirmation")[-1:] == [("sent", None)], "the re-sent mail published")
+        assert states_of("confirmation")[0][0] == "failed"
         assert {r["state"] for r in await mail_rows(database_url, shop)} == {"sent"}
         # a sent mail is never re-queued
         again = orderflow_cli(database_url, "mail", "retry", ref, "confirmation")
@@ -162,6 +181,7 @@ async def test_a_recipient_refused_with_550_fails_with_the_reply_and_is_retried_
         await mails_to(box, barrier, 1)
         assert len(box.messages(to=bounced)) == 1
     finally:
+        await feed.stop()
         worker.kill()
         box_handle.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +237,47 @@ async def test_a_refund_of_an_unpaid_order_is_refused_and_recorded(
     assert r.status_code == 409 and "not paid" in r.json()["error"]
     view = (await api.get(f"/orders/{order.order_id}")).json()
     assert view["payment_status"] == "awaiting" and view["refunds"][0]["outcome"].startswith("refused: ")
+
+
+# --- issue 15: each mail's state on the order page and in the mail view (read model of mail.status) ---------------
+
+
+def mail_status(order: OrderPlaced, kind: str, state: str, minutes: int, reply: str | None = None
+                ) -> c.MailStatusChanged:
+    at = c.now().replace(microsecond=0) - timedelta(minutes=60 - minutes)
+    return c.MailStatusChanged(
+        event_id=c.derived_event_id("test-mail", order.shop_id, order.order_id, kind, state, minutes),
+        occurred_at=at, shop_id=order.shop_id, subject="order", subject_id=order.order_id, kind=kind,
+        audience="customer", state=state, attempts=1, reply=reply, message_id=f"<{kind}@orderflow>", changed_at=at)
+
+
+async def test_mail_states_show_on_the_order_and_in_the_mail_view_newest_wins(
+        api: httpx.AsyncClient, producer: StorefrontProducer, orders_worker: WorkerProcess) -> None:
+    order = manual_order()
+    await producer.send(order)
+    await order_when(api, order.order_id, lambda o: True, "the order to be stored")
+    refused = "550 5.1.1 <ada@example.com>: Recipient address rejected"
+    await producer.send(mail_status(order, "new_order", "sent", 1))
+    await producer.send(mail_status(order, "confirmation", "failed", 2, refused))
+    await producer.send(mail_status(order, "confirmation", "queued", 1))  # older, arriving late: changes nothing
+    view = await order_when(api, order.order_id, lambda o: len(o["mails"]) == 2, "both mails on the order")
+    shown = {m["kind"]: (m["state"], m["reply"]) for m in view["mails"]}
+    assert shown == {"new_order": ("sent", None), "confirmation": ("failed", refused)}
+
+    failed = (await api.get("/mails", params={"state": "failed", "shop_id": order.shop_id})).json()["mails"]
+    assert [(m["subject_id"], m["kind"], m["reply"]) for m in failed] == [(order.order_id, "confirmation", refused)]
+    assert (await api.get("/mails", params={"state": "lost"})).status_code == 400
+
+    # the merchant's pages: the order page's mail table and the mail view, signed in with the operator's token
+    async with httpx.AsyncClient(base_url=orders_worker.url, timeout=10, follow_redirects=True) as browser:
+        signed_in = await browser.post("/backoffice/login", data={"token": orders_worker.token})
+        assert signed_in.status_code == 200
+        page = await browser.get(f"/backoffice/orders/{order.order_id}", params={"shop_id": order.shop_id})
+        assert 'id="mails"' in page.text and "Recipient address rejected" in page.text
+        assert f"orderflow mail retry {order.shop_id}/{order.order_id} KIND" in page.text
+        listing = await browser.get("/backoffice/mails", params={"shop_id": order.shop_id, "state": "failed"})
+        assert listing.status_code == 200 and "Recipient address rejected" in listing.text
+
+    await producer.send(mail_status(order, "confirmation", "sent", 3))  # re-sent after the operator's retry
+    await order_when(api, order.order_id, lambda o: {m["state"] for m in o["mails"]} == {"sent"},
+                     "the re-sent mail shown as sent")

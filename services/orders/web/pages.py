@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from contracts import (
     CustomerMessageRequested,
+    MailState,
     OrderFlag,
     OrderStatus,
     PaymentStatus,
@@ -65,6 +66,7 @@ LOCALE = "orderflow.locale"
 PER_PAGE = 25
 STOCK_ROWS = 500
 """SKUs the Stock page lists (out of stock first); it says how many more there are."""
+MAIL_STATES = tuple(m.value for m in MailState)
 HERE = Path(__file__).parent
 FORM_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -359,6 +361,16 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
         raise web.HTTPSeeOther(page_url(f"/orders/{quote(order.order_id, safe='')}", shop_id=order.shop_id,
                                         done="message"))
 
+    # --- mails ------------------------------------------------------------------------------------------------
+
+    async def mails_page(request: web.Request) -> web.StreamResponse:
+        """The shop's mails as notify last reported them (mail.status), newest first, failed ones findable."""
+        state = request.query.get("state", "").strip()
+        state = state if state in MAIL_STATES else ""
+        shop_id = own_shop(request, request.query.get("shop_id", "").strip())
+        rows = await repo.list_mail_states(await rt.pool(), [shop_id] if shop_id else None, state or None, 200)
+        return render(request, "mails.html", mails=rows, state=state, states=MAIL_STATES, shop_id=shop_id)
+
     # --- stock ------------------------------------------------------------------------------------------------
 
     async def stock_levels(shop_id: str) -> tuple[list[dict[str, Any]], int]:
@@ -447,6 +459,7 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     route("GET", "", home)
     route("GET", "/", home)
     route("GET", "/orders", signed_in(orders_page))
+    route("GET", "/mails", signed_in(mails_page))
     route("GET", "/orders/{order_id}", signed_in(order_page))
     route("POST", "/orders/{order_id}/status", signed_in(post_status))
     route("POST", "/orders/{order_id}/payment", signed_in(post_payment))
