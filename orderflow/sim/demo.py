@@ -6,7 +6,9 @@ Three customers of one fresh shop (abandon delay a few seconds):
 2. Bob places a PayPal order and never pays: incomplete, no stock moved, no mail; then one recovery mail.
 3. Carol pays by bank transfer: stock at once, awaiting payment; the merchant marks it paid twice, then processed
    and delivered.
-4. A twin shop reuses the first shop's ids (shops are tenants: ids are unique within a shop only): Dave's order
+4. A shop with two recovery reminders: Erin's second one is stopped by her payment, Frank's by his one-click
+   unsubscribe (RFC 8058's POST to the mail's List-Unsubscribe link); Gina, who does neither, gets both.
+5. A twin shop reuses the first shop's ids (shops are tenants: ids are unique within a shop only): Dave's order
    carries Alice's order id, his cart her cart id, the SKUs are the same names, and the twin's gateway confirms a
    payment for Bob's order id. The twin's order and stock are its own; nothing of the first shop changes.
 
@@ -39,6 +41,7 @@ from contracts import (
     OrderPlaced,
     Payment,
     PaymentConfirmed,
+    ShopSettings,
     StockAdjusted,
     new_event_id,
     now,
@@ -48,6 +51,8 @@ from orderflow.infra.mailbox import Mailbox, open_mailbox
 from orderflow.ops.broker import options
 
 ABANDON_AFTER_SECONDS = 3
+REMINDERS = (3, 12)
+"""The reminder shop's recovery_reminders_seconds."""
 WAIT = 25.0
 PRICES = {"mug": 1200, "tee": 1900, "poster": 900}
 NAMES = {"mug": "Mug", "tee": "T-shirt", "poster": "Poster"}
@@ -227,6 +232,66 @@ class Demo:
             if not await self.stock_is(name, level):
                 raise DemoError(f"inventory never showed {self._sku(name)} = {level} (is the inventory service up?)")
         s.stock_before = dict(INITIAL_STOCK)
+
+    # --- reminders: one stopped by payment, one by unsubscribe -------------------------------------------------
+
+    @property
+    def reminder_shop(self) -> str:
+        return f"demo-{self.story.tag}-reminders"
+
+    async def reminder_settings(self) -> None:
+        """Sent early, so the cart knows the shop's reminders long before its checkouts come."""
+        await self.producer.send(ShopSettings(
+            event_id=new_event_id(), occurred_at=now(), shop_id=self.reminder_shop,
+            name=f"Demo reminders {self.story.tag}", merchant_email=self.story.email("merchant3"),
+            recovery_reminders_seconds=list(REMINDERS), manage_stock=False))
+
+    async def recovery_mails(self, who: str) -> list[dict]:
+        return [m for m in await self.mails(who) if "cart is waiting" in m["subject"]]
+
+    async def reminders(self) -> None:
+        s, shop = self.story, self.reminder_shop
+        s.say(f"shop {shop}: recovery reminders {REMINDERS[0]} s and {REMINDERS[1]} s after the checkout")
+        env = {"shop_id": shop}
+        for who in ("erin", "frank", "gina"):
+            await self.producer.send(CheckoutStarted(
+                event_id=new_event_id(), occurred_at=now(), **env, cart_id=f"cart-{who}-{s.tag}",
+                customer=self._customer(who), items=self._items({"mug": 1}), total_cents=PRICES["mug"],
+                currency="EUR"))
+        erin_order = OrderPlaced(
+            event_id=new_event_id(), occurred_at=now(), **env, order_id=f"order-erin-{s.tag}",
+            cart_id=f"cart-erin-{s.tag}", customer=self._customer("erin"),
+            items=[OrderItem(sku=self._sku("mug"), name=NAMES["mug"], quantity=1, unit_price_cents=PRICES["mug"])],
+            total_cents=PRICES["mug"], currency="EUR", payment=Payment(method="gateway", provider="paypal"))
+        await self.producer.send(erin_order)
+        s.say("erin (PayPal, not paid yet), frank and gina leave at checkout")
+
+        async def first_ones() -> dict[str, list[dict]] | None:
+            found = {who: await self.recovery_mails(who) for who in ("erin", "frank", "gina")}
+            return found if all(found.values()) else None
+        first = await poll(first_ones, timeout=REMINDERS[0] + WAIT)
+        if not s.check("the first reminder reaches erin, frank and gina", bool(first)):
+            return
+        s.say("erin pays; frank presses his mail client's unsubscribe button (one-click POST)")
+        await self.producer.send(PaymentConfirmed(
+            event_id=new_event_id(), occurred_at=now(), **env, order_id=erin_order.order_id,
+            payment_id=f"pay-erin-{s.tag}", amount_cents=PRICES["mug"], currency="EUR", provider="paypal"))
+        link = next((w for w in (first["frank"][0].get("text") or "").split() if "/unsubscribe?" in w), "")
+        query = link.split("?", 1)[1] if "?" in link else ""
+        r = await self.http.post(f"{self.ep.cart}/unsubscribe?{query}", data={"List-Unsubscribe": "One-Click"})
+        s.check("the one-click unsubscribe is recorded", r.status_code == 200, f"{r.status_code} {r.text[:200]}")
+
+        async def gina_twice() -> list[dict] | None:
+            mails = await self.recovery_mails("gina")
+            return mails if len(mails) >= 2 else None
+        s.check(f"gina gets the second reminder {REMINDERS[1]} s after her checkout",
+                bool(await poll(gina_twice, timeout=REMINDERS[1] + WAIT)))
+        settle = time.monotonic() + 1.5
+        while time.monotonic() < settle:  # a short quiet period: a late reminder would show up in it
+            await asyncio.sleep(0.25)
+        counts = {who: len(await self.recovery_mails(who)) for who in ("erin", "frank")}
+        s.check("erin's second reminder stopped by her payment", counts["erin"] == 1, f"got {counts['erin']}")
+        s.check("frank's second reminder stopped by his unsubscribe", counts["frank"] == 1, f"got {counts['frank']}")
 
     async def alice(self) -> None:
         s, cart_id, order_id = self.story, f"cart-alice-{self.story.tag}", f"order-alice-{self.story.tag}"
@@ -432,9 +497,11 @@ async def run_demo(ep: Endpoints, say: Callable[[str], None] = print) -> Story:
         demo = Demo(ep, producer, http, story)
         twin = Demo(ep, producer, http, Story(tag=story.tag, rules=story.rules, say=say, twin=True))
         await demo.setup()
+        await demo.reminder_settings()
         await demo.alice()
         await demo.bob()
         await demo.carol()
+        await demo.reminders()
         await twin.setup()
         await twin.twin(demo)
         await demo.bob_recovered()

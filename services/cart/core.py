@@ -143,7 +143,9 @@ def on_checkout_started(cur: Checkout | None, s: Started, abandon_after: timedel
     if cur.started_at is not None and s.at <= cur.started_at:
         return None
     if cur.order_at is not None and s.at <= cur.order_at:
-        return replace(cur, customer=s.customer, items=s.items, started_event_id=s.event_id, started_at=s.at,
+        # The order's items stay: they are what its recovery link resumes (the order came first here, or was read
+        # first: the topics are consumed apart).
+        return replace(cur, customer=s.customer, started_event_id=s.event_id, started_at=s.at,
                        marketing_consent=s.marketing_consent)
     return new_watch
 

@@ -3,10 +3,10 @@
 Inputs: cart.updated, checkout.started, order.placed, order.status, inventory.levels, shop.settings.
 Output: checkout.abandoned, through the outbox.
 
-State lives twice. A faust table keyed by shop_id/cart_id (RocksDB in workers, changelogged, partitioned like
-cart.updated) holds each cart's newest snapshot in memory; PostgreSQL holds the durable copy that any worker can
-serve and that survives losing the broker's changelog. Checkout watches live only in PostgreSQL (see
-`build`'s note on the windowed table).
+Carts, stock levels, shop settings and checkout watches live in PostgreSQL, which any worker can serve from. The one
+faust table, `checkouts-due` (windowed), proposes abandoned checkouts (services/cart/detection.py). A `carts` table
+that mirrored each cart's newest snapshot was removed: nothing read it (GET /carts/{id} reads PostgreSQL), and it
+cost a changelog write per cart.updated.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import faust
 from faust.exceptions import PartitionsMismatch
 
-from contracts import CartUpdated, CheckoutStarted, ContractError, decode, now, topics
+from contracts import CheckoutStarted, ContractError, decode, now, topics
 from orderflow.auth.credentials import Verifier
 from orderflow.runtime.app import Runtime
 from orderflow.runtime.failures import describe
@@ -55,7 +55,7 @@ async def write_table(write: Callable[[], object], what: str) -> None:
 
 
 def build(settings: Settings) -> Runtime:
-    """Wires handlers, the two faust tables, abandoned-checkout detection and GET /carts/{cart_id}.
+    """Wires handlers, the windowed table's abandoned-checkout detection and GET /carts/{cart_id}.
 
     Detection (services/cart/detection.py): the windowed table `checkouts-due` proposes due checkouts, by faust's
     window close and by a sweep of each worker's local partitions; PostgreSQL's checkout row, claimed `WHERE state =
@@ -70,7 +70,6 @@ def build(settings: Settings) -> Runtime:
     partitions = settings.topic_partitions
 
     json_schema = faust.Schema(key_serializer="json", value_serializer="json")
-    carts_table = rt.app.Table("carts", default=None, partitions=partitions, schema=json_schema)
     # Abandoned-checkout detection (services/cart/detection.py): windows of one base size, a due time per entry.
     proposals = detection.Proposals()
 
@@ -81,20 +80,7 @@ def build(settings: Settings) -> Runtime:
     checkouts_due = rt.app.Table("checkouts-due", default=None, partitions=partitions, schema=json_schema,
                                  on_window_close=window_closed).tumbling(default_after, expires=default_after * 2)
 
-    # --- faust tables: plain agents, so each write goes to the changelog partition of its source event ------
-
-    @rt.app.agent(rt.topic(topics.CART_UPDATED), name="cart.carts-table")
-    async def keep_carts_table(stream: faust.StreamT) -> None:
-        async for value in stream:
-            try:
-                cart = decode(CartUpdated, value)
-            except ContractError:
-                continue  # the PostgreSQL handler dead-letters it
-            key = f"{cart.shop_id}/{cart.cart_id}"  # cart ids are unique within a shop only
-            kept = carts_table.get(key)
-            if kept is None or datetime.fromisoformat(kept["occurred_at"]) < cart.occurred_at:
-                await write_table(partial(carts_table.__setitem__, key, cart.model_dump(mode="json")),
-                                  f"cart {key} (carts table)")
+    # --- the faust table: a plain agent, so each write goes to the changelog partition of its source event ----
 
     @rt.app.agent(rt.topic(topics.CHECKOUT_STARTED), name="cart.checkouts-window")
     async def keep_checkouts_due(stream: faust.StreamT) -> None:

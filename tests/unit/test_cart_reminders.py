@@ -100,3 +100,17 @@ def test_an_unpaid_gateway_order_after_a_reminder_keeps_the_schedule_and_holds_t
     assert placed is not None
     assert (placed.state, placed.due_at, placed.order_id, placed.items) == (
         CheckoutState.OPEN, T0 + timedelta(hours=1), "o-1", order_items)
+
+
+def test_a_checkout_read_after_its_gateway_order_keeps_the_orders_items() -> None:
+    from services.cart.core import Started, StatusChanged, on_checkout_started, on_order_status
+
+    order_items = [{"sku": "MUG-1", "quantity": 1, "name": "Mug", "unit_price_cents": 1250}]
+    watched = on_order_status(None, StatusChanged("cart-1", "shop-1", "o-1", "incomplete", "incomplete", CUSTOMER,
+                                                  order_items, T0 + timedelta(seconds=1)), timedelta(seconds=60))
+    assert watched is not None
+    late = on_checkout_started(watched, Started("cart-1", "shop-1", uuid.uuid4(), CUSTOMER, ITEMS, T0, True),
+                               timedelta(seconds=60))
+    assert late is not None
+    assert (late.items, late.marketing_consent, late.started_at, late.state) == (
+        order_items, True, T0, CheckoutState.OPEN)
