@@ -307,3 +307,17 @@ async def test_search_by_payment_status_combines_with_tab_q_and_flag(
         assert r.status_code == 400 and "flag must be one of" in r.json()["error"]
         counts = (await api.get("/orders", params={"shop_id": shop.id, "payment_status": "paid"})).json()["counts"]
         assert counts == {"pending": 2, "closed": 0, "incomplete": 0}
+
+    # the back office's orders page: the same filters, kept in the tab links
+    async with httpx.AsyncClient(base_url=stack["orders-1"].url, timeout=10) as pages:
+        signed_in = await pages.post("/backoffice/login", data={"token": stack["orders-1"].token})
+        assert signed_in.status_code == 303, signed_in.text
+        page = await pages.get("/backoffice/orders", params={"tab": "pending", "payment_status": "awaiting",
+                                                              "shop_id": shop.id})
+        assert page.status_code == 200
+        assert ">m-1</a>" in page.text and ">m-2</a>" not in page.text and ">g-1</a>" not in page.text
+        assert '<option value="awaiting" selected>' in page.text
+        assert "payment_status=awaiting" in page.text.split('data-tab="closed"')[0].rsplit("<a ", 1)[1]
+        page = await pages.get("/backoffice/orders", params={"tab": "pending", "payment_status": "paid",
+                                                              "shop_id": shop.id})
+        assert ">m-2</a>" in page.text and ">g-1</a>" in page.text and ">m-1</a>" not in page.text
