@@ -328,7 +328,10 @@ def add_routes(rt: Runtime, orders: Orders, access: Access) -> None:
     route("GET", "/orders", list_orders, RouteDoc(
         "orders of a tab, newest first, with each tab's count", query=(
             Param("tab", one_of(repo.TABS)), Param("page", integer(1, 1_000_000, 1)),
-            Param("per_page", integer(1, MAX_PER_PAGE, 50)), Param("q", TEXT, "order id, e-mail or name"), shop)))
+            Param("per_page", integer(1, MAX_PER_PAGE, 50)), Param("q", TEXT, "order id, e-mail or name"),
+            Param("payment_status", one_of(m.value for m in PaymentStatus), "only orders with this payment status"),
+            Param("flag", one_of(m.value for m in OrderFlag), "only orders with this flag (refund_due: still owed)"),
+            shop)))
     route("GET", "/orders/{order_id}", get_order, RouteDoc(
         "one order with its history, stock, payments, refunds and flags", query=(shop,), errors=(404, 409)))
     route("POST", "/orders/{order_id}/status", set_status, RouteDoc(
