@@ -10,8 +10,10 @@ Two ways propose a due checkout, both only reading the table:
 - **window close**: faust's `on_window_close`, when a window expires (ABANDON_AFTER_SECONDS after it ends) - the
   table's own mechanism, late by construction for a per-entry due time, and in faust 0.15.3 it skips keys of other
   partitions once one partition closed a later window, and forgets windows across a restart;
-- **sweep**: every ABANDON_SCAN_MS each worker reads its *local* partitions of the table and proposes the entries
-  with a due time passed since it last looked (after a restart or rebalance: every past due entry once).
+- **sweep**: each worker reads its *local* partitions of the table (every FULL_SCAN_SECONDS, so a restart, a
+  rebalance or a table recovered from its changelog is seen within that) into a heap of due times, which the agent
+  also feeds as it writes; every ABANDON_SCAN_MS the sweep proposes what the heap has due, each due time once. A
+  sweep costs what is due, not the table's size.
 
 A proposal is only that: PostgreSQL's checkout row, claimed `WHERE state = 'open' AND due_at <= now()` in the
 transaction that stages checkout.abandoned (services/cart/service.py, `abandon_due`), makes each (checkout,
@@ -25,6 +27,7 @@ each claim by who proposed it.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -39,6 +42,8 @@ SAFETY_NET_GRACE = timedelta(seconds=5)
 """How long a due checkout is left to the table before the PostgreSQL scanner claims it itself."""
 
 PROPOSED_MEMORY_SECONDS = 3600.0
+
+FULL_SCAN_SECONDS = 5.0
 
 RETRY_SECONDS = 1.0
 RETRIES = 10
@@ -71,6 +76,38 @@ def due_entries(items: Iterable[tuple[Any, Any]], now: float, seen: dict[tuple[s
                 seen[mark] = now
                 found.append(((value["shop_id"], value["cart_id"]), float(due)))
     return found
+
+
+class DueIndex:
+    """The due times of the table's local entries, soonest first (a heap of (due, shop_id, cart_id))."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, value: Any) -> None:
+        if isinstance(value, dict) and "due" in value:
+            for due in value["due"]:
+                heapq.heappush(self._heap, (float(due), value["shop_id"], value["cart_id"]))
+
+    def rebuild(self, items: Iterable[tuple[Any, Any]]) -> None:
+        """From the table's raw (key, value) pairs: what the worker's local partitions hold now."""
+        self._heap = [(float(due), v["shop_id"], v["cart_id"]) for _, v in items
+                      if isinstance(v, dict) and "due" in v for due in v["due"]]
+        heapq.heapify(self._heap)
+
+    def pop_due(self, now: float, seen: dict[tuple[str, float], float]) -> list[tuple[CartKey, float]]:
+        """Every due time up to `now` not proposed before (`seen`, updated here), soonest first."""
+        found: list[tuple[CartKey, float]] = []
+        while self._heap and self._heap[0][0] <= now:
+            due, shop_id, cart_id = heapq.heappop(self._heap)
+            mark = (table_key(shop_id, cart_id), due)
+            if mark not in seen:
+                seen[mark] = now
+                found.append(((shop_id, cart_id), due))
+        return found
 
 
 def forget_old(seen: dict[tuple[str, float], float], now: float) -> None:

@@ -99,14 +99,21 @@ def build(settings: Settings) -> Runtime:
             key = detection.table_key(started.shop_id, started.cart_id)
             value = detection.entry(started.shop_id, started.cart_id, started.occurred_at.timestamp(), delays)
             await write_table(partial(checkouts_due.__setitem__, key, value), f"checkout of cart {key} (due table)")
+            due_index.add(value)
 
     proposed: dict[tuple[str, float], float] = {}
+    due_index = detection.DueIndex()
+    next_full_scan = [0.0]
 
     @rt.app.timer(settings.abandon_scan_seconds, name="cart.checkouts-sweep")
     async def sweep_checkouts_due() -> None:
-        """Read this worker's local partitions of the table (a timer reads, never writes) and propose what is due."""
+        """Propose what is due: the local partitions of the table read every FULL_SCAN_SECONDS (a timer reads,
+        never writes), the agent's writes in between."""
         at = time.time()
-        for key, _ in detection.due_entries(checkouts_due.table.data.items(), at, proposed):
+        if at >= next_full_scan[0]:
+            due_index.rebuild(checkouts_due.table.data.items())
+            next_full_scan[0] = at + detection.FULL_SCAN_SECONDS
+        for key, _ in due_index.pop_due(at, proposed):
             proposals.propose(key, "sweep")
         detection.forget_old(proposed, at)
 

@@ -43,3 +43,17 @@ async def test_a_proposal_not_taken_is_made_again_until_taken(monkeypatch) -> No
     task.cancel()
     assert calls[0] == {("s", "c"): "sweep"}, "one claim per key, the first source named"
     assert len(calls) == 3
+
+
+def test_the_due_index_pops_what_is_due_once_soonest_first_and_a_rebuild_reads_the_table() -> None:
+    index = detection.DueIndex()
+    index.add(detection.entry("s", "late", 100.0, (50,)))
+    index.add(detection.entry("s", "soon", 100.0, (10, 40)))
+    seen: dict = {}
+    assert index.pop_due(105.0, seen) == []
+    assert index.pop_due(145.0, seen) == [(("s", "soon"), 110.0), (("s", "soon"), 140.0)]
+    table = [(("s/late", [0, 60]), detection.entry("s", "late", 100.0, (50,))),
+             (("s/soon", [0, 60]), detection.entry("s", "soon", 100.0, (10, 40))), (("x", [0, 1]), None)]
+    index.rebuild(table)
+    assert len(index) == 3
+    assert index.pop_due(151.0, seen) == [(("s", "late"), 150.0)], "what was proposed before is not proposed again"
