@@ -174,6 +174,8 @@ class OrderFacts:
     status: str
     payment_status: str
     committed: bool
+    paid_after_cancel: bool = False
+    """The cancel was applied before the payment: the payment is recorded and flags the order (one alert mail)."""
 
     @property
     def key(self) -> Key:
@@ -206,18 +208,20 @@ def implied_orders(scenario: Scenario, observed: Observed) -> tuple[dict[Key, Or
         for item in event.items:
             lines[item.sku] = lines.get(item.sku, 0) + item.quantity
         status, payment, committed = exp.status.value, exp.payment_status.value, exp.committed
+        paid_after_cancel = False
         row = observed.orders.get(key)
         before_payment = (PaymentStatus.INCOMPLETE if event.payment.method == "gateway"
                           else PaymentStatus.AWAITING).value
         if (row is not None and exp.status == OrderStatus.CANCELED and exp.payment_status == PaymentStatus.PAID
                 and row.status == status and row.payment_status == before_payment):
             payment = before_payment
+            paid_after_cancel = True
             if event.payment.method == "gateway":
                 committed = False  # canceled while incomplete: never committed, its checkout stays watched
                 abandoned.add((event.shop_id, event.cart_id))
             notes.append(f"{named(key)}: the cancel was applied before the payment ({event.payment.method})")
         out[key] = OrderFacts(event.order_id, event.shop_id, event.cart_id, event.payment.method, lines, status,
-                                   payment, committed)
+                                   payment, committed, paid_after_cancel)
     return out, abandoned, notes
 
 
@@ -239,6 +243,12 @@ def expected_mails(scenario: Scenario, orders: dict[Key, OrderFacts], abandoned:
             deducted = observed.moves.get(o.key, {}).get("deducted", {})
             if any(moved < asked for asked, moved in deducted.values()):
                 add(ref, "shortfall")
+        # the merchant's alerts (services/notify/alerts.py): a canceled paid order owes a refund (the simulator
+        # never refunds); a payment that came after the cancel is flagged
+        if o.status == OrderStatus.CANCELED.value and o.payment_status == PaymentStatus.PAID.value:
+            add(ref, "alert_refund_due")
+        if o.paid_after_cancel:
+            add(ref, "alert_payment_after_cancel")
     for shop_id, cart_id in abandoned:
         add(order_ref(shop_id, cart_id), "recovery")
     return mails
