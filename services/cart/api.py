@@ -158,10 +158,8 @@ def unsubscribe_handler(pool: Callable[[], Awaitable[asyncpg.Pool]], recovery_ke
         shop_id, email = request.query.get("shop_id", ""), request.query.get("email", "")
         if not (shop_id and email and recovery.verify_unsubscribe(recovery_key, request.query.get("token"),
                                                                    shop_id, email, time.time())):
-            throttle.record(who)
-            if _wants_json(request) or request.method == "POST":
-                return error(401, "this unsubscribe link is not valid (or has expired)")
-            return _page("Link not valid", "This unsubscribe link is not valid or has expired.", status=401)
+            throttle.record(who)  # errors are JSON, like every other answer of the API
+            return error(401, "this unsubscribe link is not valid (or has expired)")
         email = recovery.normalized_email(email)
         db = await pool()
         if request.method == "GET":
