@@ -384,7 +384,7 @@ class Runtime(Service):
         return self.app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
                               value_serializer="raw", partitions=self.settings.topic_partitions, acks=False)
 
-    def consume(self, spec: TopicSpec, handler: Handler, *, batch: int = 1, within: float = 0.02,
+    def consume(self, spec: TopicSpec, handler: Handler, *, batch: int = 1,
                 after: Sequence[TopicSpec] = ()) -> Handler:
         """Feed `handler(uow, events)` the valid events of each batch, in offset order per partition.
 

@@ -119,12 +119,12 @@ def build(settings: Settings) -> Runtime:
 
     # --- PostgreSQL: the durable cart, stock, settings and checkout watches -----------------------------------
 
-    rt.consume(topics.CART_UPDATED, handlers.carts_updated, batch=200, within=0.05)
-    rt.consume(topics.INVENTORY_LEVELS, handlers.levels_reported, batch=500, within=0.05)
-    rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings_changed, batch=100, within=0.05)
-    rt.consume(topics.CHECKOUT_STARTED, handlers.checkouts_started, batch=200, within=0.05)
-    rt.consume(topics.ORDER_PLACED, handlers.orders_placed, batch=200, within=0.05)
-    rt.consume(topics.ORDER_STATUS, handlers.order_status_changed, batch=200, within=0.05)
+    rt.consume(topics.CART_UPDATED, handlers.carts_updated, batch=200)
+    rt.consume(topics.INVENTORY_LEVELS, handlers.levels_reported, batch=500)
+    rt.consume(topics.SHOP_SETTINGS, handlers.shop_settings_changed, batch=100)
+    rt.consume(topics.CHECKOUT_STARTED, handlers.checkouts_started, batch=200)
+    rt.consume(topics.ORDER_PLACED, handlers.orders_placed, batch=200)
+    rt.consume(topics.ORDER_STATUS, handlers.order_status_changed, batch=200)
 
     # --- the abandon scanner --------------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ def build(settings: Settings) -> Runtime:
     rt.context = handlers.Context(metrics=handlers.InventoryMetrics(rt.metrics.registry))
     # After a replay or rebuild, restocks first: an order is never refused for an unknown SKU only because the
     # replay reached it before the stock.adjusted that created the SKU.
-    rt.consume(topics.ORDER_STATUS, handlers.order_status, batch=1000, within=0.02, after=[topics.STOCK_ADJUSTED])
-    rt.consume(topics.STOCK_ADJUSTED, handlers.stock_adjusted, batch=500, within=0.02)
+    rt.consume(topics.ORDER_STATUS, handlers.order_status, batch=1000, after=[topics.STOCK_ADJUSTED])
+    rt.consume(topics.STOCK_ADJUSTED, handlers.stock_adjusted, batch=500)
     api.add_routes(rt)
     return rt
 

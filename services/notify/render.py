@@ -29,6 +29,7 @@ from orderflow.i18n import N_
 
 TEMPLATES = Path(__file__).parent / "templates"
 
+
 @cache
 def _environment(language: str) -> Environment:
     """One environment per language: Jinja2's i18n extension binds one catalog to an environment."""

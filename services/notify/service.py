@@ -41,12 +41,12 @@ def build(settings: Settings) -> Runtime:
 
     api.register(rt, wake_senders)  # GET /mails, POST /mails/retry
     rt.context = handlers.Context(wake_senders=wake_senders, pool=rt.pool)
-    rt.consume(t.ORDER_STATUS, handlers.order_status, batch=200, within=0.05)
-    rt.consume(t.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=200, within=0.05)
-    rt.consume(t.ORDER_FLAGGED, handlers.order_flagged, batch=200, within=0.05)  # one alert per (order, flag)
-    rt.consume(t.CHECKOUT_ABANDONED, handlers.checkout_abandoned, batch=200, within=0.05)
-    rt.consume(t.ORDER_MESSAGE, handlers.order_message, batch=200, within=0.05)
-    rt.consume(t.SHOP_SETTINGS, handlers.shop_settings, batch=200, within=0.05)
+    rt.consume(t.ORDER_STATUS, handlers.order_status, batch=200)
+    rt.consume(t.INVENTORY_DEDUCTIONS, handlers.inventory_deductions, batch=200)
+    rt.consume(t.ORDER_FLAGGED, handlers.order_flagged, batch=200)  # one alert per (order, flag)
+    rt.consume(t.CHECKOUT_ABANDONED, handlers.checkout_abandoned, batch=200)
+    rt.consume(t.ORDER_MESSAGE, handlers.order_message, batch=200)
+    rt.consume(t.SHOP_SETTINGS, handlers.shop_settings, batch=200)
     return rt
 
 
