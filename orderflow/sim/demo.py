@@ -384,6 +384,62 @@ class Demo:
                 and bool(await self._mail_about(order_id, "on its way")))
         s.check("paid and shipped never touch the stock again (tee stays 3)", await self.stock("tee") == 3)
 
+    # --- a French shop and a refund ---------------------------------------------------------------------------
+
+    @property
+    def french_shop(self) -> str:
+        return f"demo-{self.story.tag}-fr"
+
+    async def french_refund(self) -> None:
+        """A French shop: hugo's order of two mugs paid by cheque, then half refunded by the merchant (the same refund
+        sent twice); his mails are in French, money as a French reader writes it."""
+        s, shop = self.story, self.french_shop
+        order_id, params = f"order-hugo-{s.tag}", {"shop_id": self.french_shop}
+        s.say(f"shop {shop} (locale fr): hugo pays 2 mugs by cheque; the merchant refunds one, twice by mistake")
+        r = await self.http.put(f"{self.ep.orders}/shops/{shop}", headers=self.auth, json={
+            "name": f"Boutique {s.tag}", "merchant_email": s.email("marchand"), "locale": "fr",
+            "manage_stock": False})
+        if r.status_code != 200:
+            raise DemoError(f"PUT /shops/{shop} answered {r.status_code}: {r.text[:200]}")
+        total = 2 * PRICES["mug"]
+        await self.producer.send(OrderPlaced(
+            event_id=new_event_id(), occurred_at=now(), shop_id=shop, order_id=order_id,
+            cart_id=f"cart-hugo-{s.tag}", customer=self._customer("hugo"),
+            items=[OrderItem(sku=self._sku("mug"), name=NAMES["mug"], quantity=2, unit_price_cents=PRICES["mug"])],
+            total_cents=total, currency="EUR", payment=Payment(method="manual", provider="cheque"), locale="fr-FR"))
+
+        async def order() -> dict | None:
+            got = await self.http.get(f"{self.ep.orders}/orders/{order_id}", headers=self.auth, params=params)
+            return got.json() if got.status_code == 200 else None
+
+        await poll(order)
+        paid = await self.http.post(f"{self.ep.orders}/orders/{order_id}/payment", json={"status": "paid"},
+                                    headers=self.auth, params=params)
+        refunds = [await self.http.post(f"{self.ep.orders}/orders/{order_id}/refunds", headers=self.auth,
+                                        params=params, json={"refund_id": f"refund-{s.tag}",
+                                                             "amount_cents": PRICES["mug"]}) for _ in range(2)]
+
+        async def partially_refunded() -> dict | None:
+            o = await order()
+            return o if o and o["payment_status"] == "partially_refunded" else None
+
+        o = await poll(partially_refunded)
+        s.check("a refund of one mug leaves the paid order partially refunded (12.00 of 24.00 EUR)",
+                paid.status_code == 200 and all(r.status_code == 200 for r in refunds) and o is not None
+                and o.get("refunded_cents") == PRICES["mug"],
+                f"payment {paid.status_code}, refunds {[r.status_code for r in refunds]}, order {o}")
+
+        async def french_mails() -> list[dict] | None:
+            mails = await self.mails("hugo")
+            return mails if len(mails) >= 2 else None
+
+        mails = await poll(french_mails) or []
+        texts = [" ".join((m.get("text") or "").replace("\u00a0", " ").replace("\u202f", " ").split())
+                 for m in mails]
+        refunded = [t for t in texts if "Nous vous avons remboursé 12,00 €" in t]
+        s.check("hugo's mails are in French: a confirmation, and one 'remboursé 12,00 €' for the refund sent twice",
+                len(mails) == 2 and len(refunded) == 1, f"{len(mails)} mails: {[m['subject'] for m in mails]}")
+
     async def _mail_about(self, order_id: str, words: str) -> list[dict]:
         return [m for m in await self.mails() if order_id in m["subject"] and words in m["subject"]]
 
@@ -502,6 +558,7 @@ async def run_demo(ep: Endpoints, say: Callable[[str], None] = print) -> Story:
         await demo.bob()
         await demo.carol()
         await demo.reminders()
+        await demo.french_refund()
         await twin.setup()
         await twin.twin(demo)
         await demo.bob_recovered()
