@@ -53,7 +53,8 @@ async def mail_rows(database_url: str, shop: str) -> list[dict]:
 
 
 def health(worker) -> dict:
-    return httpx.get(f"{worker.url}/health", timeout=5).json()
+    """The detailed report: the SMTP server's address and error are shown with the operator's token only."""
+    return httpx.get(f"{worker.url}/health", timeout=5, headers={"Authorization": f"Bearer {worker.token}"}).json()
 
 
 async def test_smtp_down_longer_than_the_old_give_up_then_every_mail_arrives_once(
