@@ -28,10 +28,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 import faust
+from faust.types import TP
 from mode import Service
 
 from contracts import ContractError, Event, TopicSpec, decode
-from orderflow.runtime import db, faust_adapter, outbox
+from orderflow.runtime import current, db, faust_adapter, outbox
 from orderflow.runtime.dlq import DeadLetters, Source
 from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify, describe, is_race
 from orderflow.runtime.http import HttpSurface
@@ -42,6 +43,7 @@ from orderflow.runtime.unit import (
     PositionMoved,
     PositionWrite,
     UnitOfWork,
+    all_positions,
     goals_pending,
     load_positions,
     store_positions,
@@ -153,6 +155,8 @@ class Runtime(Service):
         self._background: list[Callable[[], Awaitable[None]]] = []
         self._drains: list[Callable[[], None]] = []
         self._running: list[asyncio.Future] = []
+        self._inputs_clock: current.InputsClock | None = None  # only for a service that asks (`inputs_horizon`)
+        self._admin: Any = None  # an admin client, opened by the inputs' probe only
         self.http = HttpSurface(settings.http_port, settings.backoffice_token, self.health, self.render_metrics)
         self.http.title = f"orderflow {settings.service}"
         self.dlq = DeadLetters(settings.service, self._send_with_headers,
@@ -207,6 +211,8 @@ class Runtime(Service):
         self.add_future(self._commit_positions_to_broker())
         self.add_future(self._seek_watchdog())
         self.add_future(self._track_lag())
+        if self._inputs_clock is not None:
+            self.add_future(self._probe_inputs(self._inputs_clock))
         for fn in self._background:
             self._running.append(self.add_future(self._keep_running(fn)))
 
@@ -241,6 +247,9 @@ class Runtime(Service):
             if pending:
                 log.warning("%d background task(s) still busy after %.0f s; stopping anyway", len(pending),
                             DRAIN_SECONDS)
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await self._admin.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -567,6 +576,94 @@ class Runtime(Service):
                 log.info("%s waits until the replay of %s has caught up", waiter, ", ".join(topics or ["its input"]))
                 logged = True
             await asyncio.sleep(0.5)
+
+    def track_inputs(self) -> None:
+        """Keep `inputs_horizon` (orderflow/runtime/current.py): one ListOffsets request and one positions query a
+        second, so only services whose decisions need it ask for it."""
+        self._inputs_clock = current.InputsClock()
+
+    def inputs_horizon(self, age: float = 0.0) -> float | None:
+        """The wall time (epoch seconds) before which every record of every input partition is known applied, by
+        any worker of this service; None until known. Decisions made on the clock use this instead of now.
+        `age`: the horizon as it was that many seconds ago (see `InputsClock.horizon_as_of`)."""
+        if self._inputs_clock is None:
+            return None
+        if age:
+            return self._inputs_clock.horizon_as_of(time.time() - age)
+        return self._inputs_clock.horizon
+
+    async def _probe_inputs(self, clock: current.InputsClock) -> None:
+        starts: dict[current.Partition, int] = {}  # where reading starts on partitions with no stored position
+        counts: dict[str, int] = {}  # partitions per input topic
+        while not self.should_stop:
+            await self.sleep(current.PROBE_SECONDS)
+            started = time.time()
+            try:
+                tps = await self._input_partitions(counts)
+                if tps and clock.wants_probe(started):
+                    ends = await self.app.consumer.highwaters(*tps)
+                    clock.probed(current.Probe(started, {(tp.topic, tp.partition): e for tp, e in ends.items()}),
+                                 time.time())
+            except Exception as exc:  # noqa: BLE001 - the broker is away or slow: the horizon waits for it
+                clock.failed(time.time())
+                log.debug("end offsets of the inputs not read: %s", describe(exc))
+                continue
+            if clock.pending is None:
+                self._report_horizon(clock)
+                continue
+            try:
+                positions = await all_positions(await self.pool(), self.group, sorted(self._consumed))
+                unread = [tp for tp in tps if (tp.topic, tp.partition) not in positions
+                          and (tp.topic, tp.partition) not in starts]
+                if unread:  # read once: a partition with no position keeps its start until a record is applied
+                    starts.update(await self._start_offsets(unread))
+                before = clock.horizon
+                if clock.check(positions, starts, time.time()) and (before is None or clock.horizon - before > 30):
+                    log.info("inputs known applied up to %.1f s ago (before: %s); decisions on the clock go on",
+                             time.time() - clock.horizon,
+                             "not known" if before is None else f"{time.time() - before:.0f} s ago")
+            except Exception as exc:  # noqa: BLE001 - checked again next second
+                log.debug("inputs' positions not checked: %s", describe(exc))
+            self._report_horizon(clock)
+
+    async def _admin_client(self) -> Any:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                        request_timeout_ms=10000, **self.settings.kafka_security.client_options())
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    async def _start_offsets(self, tps: list[Any]) -> dict[current.Partition, int]:
+        """Where this group starts on partitions with no stored position, as faust does: the broker's committed
+        offset (a group started at the topics' ends, or positions committed before a replay), else the earliest.
+        Neither moves before the partition's first record is applied, which stores a position."""
+        from aiokafka.structs import TopicPartition
+
+        committed = await (await self._admin_client()).list_consumer_group_offsets(
+            self.group, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
+        found = {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+        rest = [tp for tp in tps if (tp.topic, tp.partition) not in found]
+        earliest = await self.app.consumer.earliest_offsets(*rest) if rest else {}
+        return {**found, **{(tp.topic, tp.partition): offset for tp, offset in earliest.items()}}
+
+    async def _input_partitions(self, known: dict[str, int]) -> list[Any]:
+        """Every partition of every input topic (`known`: partition counts, read from the broker once)."""
+        missing = sorted(self._consumed - known.keys())
+        if missing:
+            for info in await (await self._admin_client()).describe_topics(missing):
+                if not info.get("error_code") and info.get("partitions"):
+                    known[info["topic"]] = len(info["partitions"])
+        if self._consumed - known.keys():
+            return []  # a topic not known yet: no probe can cover every partition
+        return [TP(topic, p) for topic in sorted(self._consumed) for p in range(known[topic])]
+
+    def _report_horizon(self, clock: current.InputsClock) -> None:
+        behind = clock.behind(time.time())
+        if behind is not None:
+            self.metrics.inputs_behind.set(behind)
 
     # --- housekeeping ---------------------------------------------------------------------------------------
 

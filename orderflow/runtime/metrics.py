@@ -57,6 +57,10 @@ class RuntimeMetrics:
             "Records of an assigned partition not yet applied: its high watermark minus the position stored in "
             "PostgreSQL (what `orderflow lag` shows from the broker's committed offsets, which follow it)",
             ["group", "topic", "partition"], registry=r)
+        self.inputs_behind = Gauge(
+            "orderflow_inputs_behind_seconds",
+            "How far behind now the inputs' horizon is: decisions made on the clock (abandoned checkouts) only "
+            "cover what happened before it (orderflow/runtime/current.py); services that keep one only", registry=r)
         self.info = Gauge("orderflow_service_info", "Which service this is", ["service"], registry=r)
         self.info.labels(service=service).set(1)
 

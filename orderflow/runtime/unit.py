@@ -83,6 +83,13 @@ async def load_positions(conn: asyncpg.Connection | asyncpg.Pool, group: str, to
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
+async def all_positions(conn: asyncpg.Connection | asyncpg.Pool, group: str,
+                        topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    rows = await conn.fetch("SELECT topic, partition, next_offset FROM consumer_positions "
+                            "WHERE consumer = $1 AND topic = ANY($2::text[])", group, list(topics))
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
 async def store_positions(conn: asyncpg.Connection, group: str, writes: Sequence[PositionWrite]) -> None:
     """Optimistic: each row must still hold what this worker read, else PositionMoved rolls everything back."""
     known = [w for w in writes if w.expected is not None]

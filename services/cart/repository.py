@@ -214,9 +214,10 @@ async def save_checkouts(conn: asyncpg.Connection, checkouts: Iterable[Checkout]
 
 async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500,
                               keys: Iterable[CartKey] | None = None, overdue: timedelta = timedelta(0),
-                              ) -> list[Checkout]:
-    """Lock open watches past due (all of them up to `limit`, or only those of `keys`; due for `overdue` at least)
-    and return them as they were; rows another transaction holds are skipped. The caller saves what each became
+                              due_by: datetime | None = None) -> list[Checkout]:
+    """Lock open watches past due (all of them up to `limit`, or only those of `keys`; due for `overdue` at least,
+    and not after `due_by`, the inputs' horizon) and return them as they were; rows another transaction holds are
+    skipped. The caller saves what each became
     (`save_checkouts`).
 
     Run inside the transaction that stages their checkout.abandoned, so the reminder count and the event commit
@@ -225,14 +226,16 @@ async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500,
     if keys is None:
         rows = await conn.fetch(
             "SELECT * FROM checkouts WHERE state = 'open' AND due_at <= now() - $2::interval "
-            "ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit, overdue)
+            "AND ($3::timestamptz IS NULL OR due_at <= $3) "
+            "ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit, overdue, due_by)
     else:
         wanted = sorted(set(keys))
         rows = await conn.fetch(
             "SELECT c.* FROM checkouts c JOIN unnest($1::text[], $2::text[]) AS k(s, id) "
             "ON c.shop_id = k.s AND c.cart_id = k.id WHERE c.state = 'open' AND c.due_at <= now() "
+            "AND ($4::timestamptz IS NULL OR c.due_at <= $4) "
             "ORDER BY c.shop_id, c.cart_id LIMIT $3 FOR UPDATE OF c SKIP LOCKED",
-            [k[0] for k in wanted], [k[1] for k in wanted], limit)
+            [k[0] for k in wanted], [k[1] for k in wanted], limit, due_by)
     return [_checkout(r) for r in rows]
 
 

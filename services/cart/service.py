@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -63,6 +63,7 @@ def build(settings: Settings) -> Runtime:
     workers, restarts and replays; the PostgreSQL scanner is the safety net for what the table missed.
     """
     rt = Runtime(settings)
+    rt.track_inputs()  # abandoned checkouts are decided against the inputs' horizon, not the clock
     metrics = handlers.CartMetrics(rt.metrics.registry)
     recovery_key = recovery.key_from(settings.backoffice_token)  # signs the links of recovery e-mails
     default_after = timedelta(seconds=settings.abandon_after_seconds)
@@ -74,7 +75,9 @@ def build(settings: Settings) -> Runtime:
     proposals = detection.Proposals()
 
     def window_closed(key: Any, value: Any) -> None:
-        if isinstance(value, dict) and "shop_id" in value and min(value["due"], default=0) <= time.time():
+        horizon = rt.inputs_horizon()
+        if horizon is not None and isinstance(value, dict) and "shop_id" in value \
+                and min(value["due"], default=0) <= min(horizon, time.time()):
             proposals.propose((value["shop_id"], value["cart_id"]), "window")
 
     checkouts_due = rt.app.Table("checkouts-due", default=None, partitions=partitions, schema=json_schema,
@@ -113,7 +116,10 @@ def build(settings: Settings) -> Runtime:
         if at >= next_full_scan[0]:
             due_index.rebuild(checkouts_due.table.data.items())
             next_full_scan[0] = at + detection.FULL_SCAN_SECONDS
-        for key, _ in due_index.pop_due(at, proposed):
+        horizon = rt.inputs_horizon()
+        if horizon is None:
+            return  # nothing is known applied yet: a due checkout's order may still be on its way
+        for key, _ in due_index.pop_due(min(at, horizon), proposed):
             proposals.propose(key, "sweep")
         detection.forget_old(proposed, at)
 
@@ -132,8 +138,16 @@ def build(settings: Settings) -> Runtime:
                           overdue: timedelta = timedelta(0)) -> list[core.Checkout]:
         """Claim watches past due and decide each one's next reminder, in one transaction: one checkout.abandoned
         per reminder sent, none without consent when the shop requires it or after the e-mail unsubscribed. A
-        checkout whose event cannot be built is parked with the reason, and the others go on."""
-        claimed = await repository.claim_due_checkouts(uow.conn, keys=keys, overdue=overdue)
+        checkout whose event cannot be built is parked with the reason, and the others go on.
+
+        "Past due" is judged against the inputs' horizon, not the clock (orderflow/runtime/current.py): only a
+        checkout due before the moment every input partition is known applied up to, so an order held back by a
+        broker outage or a backlog is read before its checkout could be called abandoned."""
+        horizon = rt.inputs_horizon(age=overdue.total_seconds())  # the safety net's grace runs from the horizon
+        if horizon is None:
+            return []
+        claimed = await repository.claim_due_checkouts(uow.conn, keys=keys, overdue=overdue,
+                                                       due_by=datetime.fromtimestamp(horizon, UTC))
         if not claimed:
             return []
         policies = await repository.recovery_policies(uow.conn, [c.shop_id for c in claimed], default_after)
