@@ -3,6 +3,8 @@
 from contracts.base import Event, derived_event_id, new_event_id, now
 from contracts.codec import ContractError, decode, decode_for, encode
 from contracts.events import (
+    COMMITTED_STATUSES,
+    EXPIRED_REASON,
     VERSION,
     Address,
     CartCustomer,
@@ -37,7 +39,7 @@ from contracts.events import (
 from contracts.topics import ALL, BY_NAME, INPUTS, MAX_EVENT_BYTES, OUTPUTS, TopicSpec, spec_for
 
 __all__ = [
-    "OrderFlag", "OrderFlagged",
+    "COMMITTED_STATUSES", "EXPIRED_REASON", "OrderFlag", "OrderFlagged",
     "ALL", "BY_NAME", "INPUTS", "MAX_EVENT_BYTES", "OUTPUTS", "VERSION", "Address", "CartCustomer", "CartItem",
     "CartUpdated", "ChangedBy", "CheckoutAbandoned", "CheckoutStarted", "ContractError", "Customer",
     "CustomerMessageRequested", "DeductionKind", "DeductionLine", "Event", "InventoryDeduction", "InventoryLevel",

@@ -67,7 +67,7 @@ from contracts.v1 import (
 VERSION = "1.1"
 
 __all__ = [
-    "OrderFlag", "OrderFlagged",
+    "COMMITTED_STATUSES", "EXPIRED_REASON", "OrderFlag", "OrderFlagged",
     "VERSION", "Address", "CartCustomer", "CartItem", "CartUpdated", "ChangedBy", "CheckoutAbandoned",
     "CheckoutStarted", "Customer", "CustomerMessageRequested", "DeductionKind", "DeductionLine", "InventoryDeduction",
     "InventoryLevel", "MailState", "MailStatusChanged", "OrderCancelRequested", "OrderItem", "OrderPlaced",
@@ -104,6 +104,17 @@ class OrderFlag(StrEnum):
     """A payment for an order already canceled (by the customer, the merchant or expiry)."""
     REFUND_DUE = "refund_due"
     """A canceled paid order that still owes the customer money (`refund_due_cents`)."""
+
+
+# --- rules every consumer of order.status reads the same way ---------------------------------------------------
+
+COMMITTED_STATUSES = frozenset({OrderStatus.PENDING, OrderStatus.PROCESSED, OrderStatus.DELIVERED})
+"""The statuses of a committed order (DESIGN.md, "Order and payment rules"): its stock is deducted and the customer
+was sent a confirmation; `incomplete` is an unpaid gateway order, `canceled` the end of either kind."""
+
+EXPIRED_REASON = "expired"
+"""The `reason` of the order.status that cancels an unpaid gateway order past its shop's
+`expire_unpaid_after_seconds` (status `canceled`, changed_by `system`, DESIGN.md)."""
 
 
 # --- parts -------------------------------------------------------------------------------------------------

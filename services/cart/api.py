@@ -9,9 +9,12 @@ Cart ids are unique within a shop only, and a cart holds a customer's e-mail and
 Otherwise 401. Another shop's cart is 404 like a missing one. Failed keys and tokens count against the address's
 budget (10 a minute, then 429). Items out of stock stay listed with quantity_shown 0 and "out of stock".
 
-The view says how the storefront resumes it (`resume`): `{"kind": "cart"}` and the cart's items for an open cart;
-for a cart whose gateway order was never paid, the order's items and `{"kind": "payment", "order_id": …}`, so the
-customer who follows a recovery link lands on something to pay, not on an empty cart.
+The view says how the storefront resumes it (`resume`, decided by `core.resume`): `{"kind": "cart"}` and the
+cart's items for an open cart; for a cart whose gateway order was never paid, the order's items and `{"kind":
+"payment", "order_id": …}`, so the customer who follows a recovery link lands on something to pay, not on an empty
+cart; once that unpaid order was canceled or expired, the order's items and `{"kind": "reorder", "order_id": …,
+"reason": "expired" | "canceled"}`: the shop takes no payment for it any more, so the storefront offers the items in
+a new cart. An ordered cart otherwise has no `resume`.
 
 GET/POST /unsubscribe?shop_id=&email=&token=: a recovery e-mail's unsubscribe link (`recovery.sign_unsubscribe`).
 GET only shows what a POST would do (mail scanners fetch links); POST records it — the page's button, or RFC 8058's
@@ -34,7 +37,7 @@ from orderflow.auth.credentials import Throttle, Verifier
 from orderflow.runtime.http import ApiError, error, json_response
 from orderflow.runtime.openapi import TEXT, Param, RouteDoc
 from services.cart import recovery, repository
-from services.cart.core import CheckoutState, LineStatus, show_cart
+from services.cart.core import LineStatus, resume, show_cart
 
 MISSING = "a storefront key (Authorization: Bearer ofs_…), a recovery link's token (?shop_id=&token=) or the " \
           "operator's token is needed"
@@ -101,16 +104,17 @@ def cart_view_handler(pool: Callable[[], Awaitable[asyncpg.Pool]], out_of_stock_
         items = cart["items"]
         if cart["status"] == "ordered":
             # An order empties the cart; what it held stays visible for reference only, unless the order is a
-            # gateway order never paid: then its items are what the customer comes back for, and its payment.
+            # gateway order never paid: then its items are what the customer comes back for, to pay it or, once
+            # it was canceled or expired, to put them in a new cart (core.resume).
             watch = await repository.load_checkout(db, shop_id, cart_id)
-            if not (watch is not None and watch.order_id == cart["order_id"]
-                    and watch.state in {CheckoutState.OPEN, CheckoutState.ABANDONED}):
+            how = resume(cart["status"], cart["order_id"], watch)
+            if how is None or watch is None:
                 body.update(order_id=cart["order_id"], items=[], ordered_items=cart["items"])
                 return json_response(body)
             items = watch.items
-            body.update(order_id=cart["order_id"], resume={"kind": "payment", "order_id": cart["order_id"]})
+            body.update(order_id=cart["order_id"], resume=how)
         else:
-            body["resume"] = {"kind": "cart"}
+            body["resume"] = resume(cart["status"], cart["order_id"], None)
         levels = await repository.levels_for(db, cart["shop_id"], [i["sku"] for i in items])
         lines = show_cart(items, levels)
         out_of_stock_shown.inc(sum(1 for line in lines if line.status == LineStatus.OUT_OF_STOCK))

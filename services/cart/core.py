@@ -13,7 +13,16 @@ from typing import Any
 from urllib.parse import quote, urlencode
 from uuid import UUID
 
-from contracts import CartItem, CheckoutAbandoned, Customer, derived_event_id
+from contracts import (
+    COMMITTED_STATUSES,
+    EXPIRED_REASON,
+    CartItem,
+    CheckoutAbandoned,
+    Customer,
+    OrderStatus,
+    PaymentStatus,
+    derived_event_id,
+)
 from services.cart import recovery
 
 # --- the cart as shown ---------------------------------------------------------------------------------------
@@ -67,9 +76,17 @@ class CheckoutState(StrEnum):
     ORDERED = "ordered"      # a manual-payment order was placed from the cart
     PAID = "paid"            # the order is committed (pending/processed/delivered or paid)
     ABANDONED = "abandoned"  # checkout.abandoned was staged; terminal for this checkout
+    CANCELED = "canceled"    # its unpaid gateway order was canceled or expired: no reminder, the link offers a reorder
 
 
-COMMITTED_STATUSES = frozenset({"pending", "processed", "delivered"})
+class OrderClosed(StrEnum):
+    """Why the unpaid gateway order of a CANCELED watch ended (the `reason` of the view's reorder)."""
+
+    EXPIRED = "expired"    # past the shop's expire_unpaid_after_seconds (order.status reason EXPIRED_REASON)
+    CANCELED = "canceled"  # canceled by the customer (or the shop) before it was paid
+
+
+NEVER_PAID = frozenset({PaymentStatus.INCOMPLETE, PaymentStatus.AWAITING})
 
 CartKey = tuple[str, str]
 """(shop_id, cart_id): cart ids are unique within a shop only."""
@@ -92,6 +109,7 @@ class Checkout:
     marketing_consent: bool = False
     reminders_sent: int = 0  # recovery reminders of this checkout already decided (sent or stopped)
     reminders_stopped: str | None = None  # why the reminders ended before the last one (ReminderOutcome)
+    order_closed: str | None = None  # CANCELED: why its order ended (OrderClosed)
 
     @property
     def key(self) -> CartKey:
@@ -130,6 +148,7 @@ class StatusChanged:
     customer: dict[str, Any]
     items: list[dict[str, Any]]
     at: datetime
+    reason: str | None = None
 
 
 def on_checkout_started(cur: Checkout | None, s: Started, abandon_after: timedelta) -> Checkout | None:
@@ -168,6 +187,10 @@ def on_order_placed(cur: Checkout | None, p: Placed, abandon_after: timedelta) -
     if not p.gateway:
         return replace(placed, state=CheckoutState.ORDERED)
     placed = replace(placed, items=p.items)
+    if base.state == CheckoutState.CANCELED:
+        # another unpaid order after a canceled one, with no checkout between: its link offers payment again, but
+        # the reminders of this checkout are over
+        return replace(placed, state=CheckoutState.ABANDONED, order_closed=None)
     if base.state == CheckoutState.ABANDONED or base.reminders_sent > 0:
         return placed  # reminders already under way: an unpaid order neither reopens nor re-times them
     return replace(placed, state=CheckoutState.OPEN, due_at=p.at + abandon_after)
@@ -175,7 +198,8 @@ def on_order_placed(cur: Checkout | None, p: Placed, abandon_after: timedelta) -
 
 def on_order_status(cur: Checkout | None, st: StatusChanged, abandon_after: timedelta) -> Checkout | None:
     """pending/processed/delivered or paid closes the watch as paid (even after an abandonment: nothing more is
-    sent); incomplete (an unpaid gateway order, possibly seen before its order.placed) watches the order."""
+    sent); incomplete (an unpaid gateway order, possibly seen before its order.placed) watches the order; canceled
+    before any payment ends the watch of that order (`on_order_canceled`)."""
     if _belongs_to_older_checkout(cur, st.order_id, st.at):
         return None
     base = cur or Checkout(cart_id=st.cart_id, shop_id=st.shop_id, state=CheckoutState.OPEN, customer=st.customer,
@@ -192,6 +216,46 @@ def on_order_status(cur: Checkout | None, st: StatusChanged, abandon_after: time
             return replace(cur, order_id=st.order_id, order_at=st.at, items=st.items)
         return replace(base, items=st.items, state=CheckoutState.OPEN, order_id=st.order_id, order_at=st.at,
                        due_at=st.at + abandon_after)
+    if st.status == OrderStatus.CANCELED and st.payment_status in NEVER_PAID:
+        return on_order_canceled(cur, st)
+    return None
+
+
+def on_order_canceled(cur: Checkout | None, st: StatusChanged) -> Checkout | None:
+    """The unpaid gateway order a watch holds was canceled or expired: the watch ends (CANCELED, never claimed, so
+    no further reminder, whether or not one was sent), keeping the order's items for the recovery link to offer
+    again, and why (`OrderClosed`). Only the watch of that very order (or none yet: the cancel was read before its
+    order.placed, which then changes nothing) is touched; a watch of another order or a newer checkout is left as
+    it is, and so is one already paid or of a manual order (the view shows those as ordered)."""
+    closed = OrderClosed.EXPIRED if st.reason == EXPIRED_REASON else OrderClosed.CANCELED
+    if cur is None:
+        return Checkout(cart_id=st.cart_id, shop_id=st.shop_id, state=CheckoutState.CANCELED, customer=st.customer,
+                        items=st.items, order_id=st.order_id, order_at=st.at, order_closed=closed.value)
+    if cur.order_id != st.order_id or cur.state not in {CheckoutState.OPEN, CheckoutState.ABANDONED}:
+        return None
+    return replace(cur, state=CheckoutState.CANCELED, items=st.items or cur.items, order_closed=closed.value)
+
+
+def resume(cart_status: str, cart_order_id: str | None, watch: Checkout | None) -> dict[str, str] | None:
+    """What GET /carts/{cart_id} tells the storefront to do with a cart (its `resume`), or None for an ordered cart
+    that is only shown for reference:
+
+    - an open cart: `{"kind": "cart"}`, its items;
+    - ordered, its gateway order unpaid (watched, reminded or not): `{"kind": "payment", "order_id"}`, pay that order;
+    - ordered, that unpaid order canceled or expired: `{"kind": "reorder", "order_id", "reason": "expired" |
+      "canceled"}`, the order's items to put in a new cart (the shop no longer accepts a payment for it).
+
+    For payment and reorder the items shown are the watch's (the order's), since placing the order emptied the cart.
+    """
+    if cart_status != "ordered":
+        return {"kind": "cart"}
+    if watch is None or cart_order_id is None or watch.order_id != cart_order_id:
+        return None
+    if watch.state in {CheckoutState.OPEN, CheckoutState.ABANDONED}:
+        return {"kind": "payment", "order_id": cart_order_id}
+    if watch.state == CheckoutState.CANCELED:
+        reason = watch.order_closed or OrderClosed.CANCELED.value
+        return {"kind": "reorder", "order_id": cart_order_id, "reason": reason}
     return None
 
 

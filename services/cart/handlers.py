@@ -123,5 +123,6 @@ async def orders_placed(uow: UnitOfWork, events: list[OrderPlaced]) -> None:
 async def order_status_changed(uow: UnitOfWork, events: list[OrderStatusChanged]) -> None:
     await _watch(uow, [(e, core.StatusChanged(e.cart_id, e.shop_id, e.order_id, e.status.value,
                                               e.payment_status.value, _dump(e.customer),
-                                              [i.model_dump(mode="json") for i in e.items], e.occurred_at))
+                                              [i.model_dump(mode="json") for i in e.items], e.occurred_at,
+                                              e.reason))
                        for e in events if e.cart_id], core.on_order_status)

@@ -171,6 +171,7 @@ def _checkout(row: asyncpg.Record) -> Checkout:
         started_event_id=row["started_event_id"], started_at=row["started_at"], due_at=row["due_at"],
         order_id=row["order_id"], order_at=row["order_at"], marketing_consent=row["marketing_consent"],
         reminders_sent=row["reminders_sent"], reminders_stopped=row["reminders_stopped"],
+        order_closed=row["order_closed"],
     )
 
 
@@ -194,21 +195,23 @@ async def save_checkouts(conn: asyncpg.Connection, checkouts: Iterable[Checkout]
     await conn.executemany(
         """
         INSERT INTO checkouts (cart_id, shop_id, state, customer, items, started_event_id, started_at, due_at,
-                               order_id, order_at, marketing_consent, reminders_sent, reminders_stopped)
-        VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
+                               order_id, order_at, marketing_consent, reminders_sent, reminders_stopped,
+                               order_closed)
+        VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14)
         ON CONFLICT (shop_id, cart_id) DO UPDATE
            SET state = EXCLUDED.state, customer = EXCLUDED.customer,
                items = EXCLUDED.items, started_event_id = EXCLUDED.started_event_id,
                started_at = EXCLUDED.started_at, due_at = EXCLUDED.due_at, order_id = EXCLUDED.order_id,
                order_at = EXCLUDED.order_at, marketing_consent = EXCLUDED.marketing_consent,
                reminders_sent = EXCLUDED.reminders_sent, reminders_stopped = EXCLUDED.reminders_stopped,
+               order_closed = EXCLUDED.order_closed,
                abandoned_at = CASE WHEN EXCLUDED.state = 'abandoned' OR EXCLUDED.reminders_sent > 0
                                    THEN COALESCE(checkouts.abandoned_at, now()) END,
                updated_at = now()
         """,
         [(c.cart_id, c.shop_id, c.state.value, json.dumps(c.customer), json.dumps(c.items), c.started_event_id,
           c.started_at, c.due_at, c.order_id, c.order_at, c.marketing_consent, c.reminders_sent,
-          c.reminders_stopped) for c in checkouts],
+          c.reminders_stopped, c.order_closed) for c in checkouts],
     )
 
 

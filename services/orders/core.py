@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from contracts import ChangedBy, OrderFlag, OrderStatus, PaymentStatus
+from contracts import EXPIRED_REASON, ChangedBy, OrderFlag, OrderStatus, PaymentStatus
 
 PaymentMethod = Literal["gateway", "manual"]
 
@@ -241,8 +241,8 @@ def refund(state: OrderState, total_cents: int, currency: str, refunded_cents: i
 
 # --- flags and expiry -------------------------------------------------------------------------------------------
 
-EXPIRED = "expired"
-"""The reason of an expiry's cancel, exactly (DESIGN.md): consumers (notify) recognise it."""
+EXPIRED = EXPIRED_REASON
+"""The reason of an expiry's cancel, exactly (DESIGN.md; defined once in contracts): consumers (cart) recognise it."""
 
 DEFAULT_EXPIRE_UNPAID_AFTER_SECONDS = 7 * 24 * 3600
 """shop.settings' default `expire_unpaid_after_seconds`, for a shop whose settings never came."""

@@ -1,6 +1,7 @@
 """Recovery reminders end to end on the real broker, database and mail sink (issue 16): one mail per reminder, none
 once paid, none without consent when the shop requires it, none after an unsubscribe (GET confirms, form POST and
-RFC 8058 one-click POST record it), none again on a replay; the recovery link of an unpaid gateway order resumes it.
+RFC 8058 one-click POST record it), none again on a replay; the recovery link of an unpaid gateway order resumes it,
+and once that order was canceled or expired it offers the order's items again, with no further reminder.
 
 One cart worker and one notify worker for the module, both starting at the current end of their topics. Each test
 uses fresh shops, carts and e-mail addresses. Delays are 1-8 s, so each test takes ~10-20 s.
@@ -59,9 +60,10 @@ def order(started: c.CheckoutStarted, method: str = "gateway") -> c.OrderPlaced:
                          total_cents=1250, currency="EUR", payment=c.Payment(method=method, provider="paypal"))
 
 
-def status(placed: c.OrderPlaced, st: c.OrderStatus, pay: c.PaymentStatus, **shift: float) -> c.OrderStatusChanged:
+def status(placed: c.OrderPlaced, st: c.OrderStatus, pay: c.PaymentStatus, reason: str | None = None,
+           by: c.ChangedBy = c.ChangedBy.SYSTEM, **shift: float) -> c.OrderStatusChanged:
     return c.OrderStatusChanged(**envelope(placed.shop_id, **shift), order_id=placed.order_id,
-                                cart_id=placed.cart_id, status=st, payment_status=pay, changed_by=c.ChangedBy.SYSTEM,
+                                cart_id=placed.cart_id, status=st, payment_status=pay, changed_by=by, reason=reason,
                                 customer=placed.customer, items=placed.items, total_cents=placed.total_cents,
                                 currency=placed.currency, payment=placed.payment)
 
@@ -283,6 +285,11 @@ async def test_unsubscribe_by_page_and_by_one_click_stops_the_next_reminder(
     assert [(r["email"], r["via"]) for r in recorded] == [(by_page, "form"), (one_click, "one-click")]
 
 
+def link_query(mail: dict) -> dict[str, str]:
+    link = next(word for word in mail["text"].split() if "/cart/" in word)
+    return {k: v[0] for k, v in parse_qs(urlsplit(link).query).items()}
+
+
 async def test_the_recovery_link_of_an_unpaid_gateway_order_resumes_its_items_and_payment(
         stack: Stack, kafka_bootstrap: str, database_url: str, mailsink) -> None:
     shop = settings(uid("shop"), [1])
@@ -321,6 +328,48 @@ async def test_the_recovery_link_of_an_unpaid_gateway_order_resumes_its_items_an
 
     paid = await async_wait_for(paid_view, timeout=30, message="the paid order no longer resumed")
     assert paid["items"] == [] and paid["status"] == "ordered"
+
+    # The unpaid order canceled (by the customer) or expired (by orders' sweep) before it was paid: its link offers
+    # the order's items for a new cart, not a payment the shop refuses, and the second reminder (due 8 s after the
+    # checkout) never comes; a control checkout whose order stays unpaid gets its second one meanwhile.
+    shop = settings(uid("shop"), [1, 8])
+    await given_shop(kafka_bootstrap, database_url, shop)
+    ends = {"expired": (c.EXPIRED_REASON, c.ChangedBy.SYSTEM), "canceled": ("changed my mind", c.ChangedBy.CUSTOMER),
+            "kept": None}
+    started_by = {name: checkout(shop.shop_id, uid("cart"), f"{uid(name)}@example.com") for name in ends}
+    placed_by = {name: order(s) for name, s in started_by.items()}
+    await send(kafka_bootstrap, *[e for name in ends for e in (
+        c.CartUpdated(**envelope(shop.shop_id, seconds=-1), cart_id=started_by[name].cart_id, items=ITEMS),
+        started_by[name], placed_by[name],
+        status(placed_by[name], c.OrderStatus.INCOMPLETE, c.PaymentStatus.INCOMPLETE))])
+    queries = {name: link_query((await mails_to(mailsink, s.customer.email, 1))[0])
+               for name, s in started_by.items()}
+    await send(kafka_bootstrap, *[status(placed_by[name], c.OrderStatus.CANCELED, c.PaymentStatus.INCOMPLETE,
+                                         reason=reason, by=by, seconds=1)
+                                  for name, (reason, by) in ((n, e) for n, e in ends.items() if e)])
+
+    async def reorder_view(name: str) -> dict | None:
+        async with httpx.AsyncClient(base_url=stack.cart.url, timeout=10) as http:
+            body = (await http.get(f"/carts/{started_by[name].cart_id}", params=queries[name])).json()
+        return body if body.get("resume", {}).get("kind") == "reorder" else None
+
+    for name in ("expired", "canceled"):
+        view = await async_wait_for(lambda name=name: reorder_view(name), timeout=30, message=f"{name}: reorder")
+        assert view["resume"] == {"kind": "reorder", "order_id": placed_by[name].order_id, "reason": name}
+        assert view["status"] == "ordered" and view["order_id"] == placed_by[name].order_id
+        assert [(i["sku"], i["quantity_asked"]) for i in view["items"]] == [("MUG-1", 1)], "the order's items"
+        assert "customer" not in view
+
+    await mails_to(mailsink, started_by["kept"].customer.email, 2)  # the second reminder's time has come
+    for name in ("expired", "canceled"):
+        assert len(recovery_mails(mailsink, started_by[name].customer.email)) == 1, f"{name}: no second reminder"
+    rows = await watches(database_url, shop.shop_id)
+    assert {name: (rows[s.cart_id]["state"], rows[s.cart_id]["order_closed"], rows[s.cart_id]["reminders_sent"])
+            for name, s in started_by.items()} == {
+        "expired": ("canceled", "expired", 1), "canceled": ("canceled", "canceled", 1), "kept": ("abandoned", None, 2)}
+    async with httpx.AsyncClient(base_url=stack.cart.url, timeout=10) as http:
+        kept = (await http.get(f"/carts/{started_by['kept'].cart_id}", params=queries["kept"])).json()
+    assert kept["resume"] == {"kind": "payment", "order_id": placed_by["kept"].order_id}
 
 
 async def test_a_replay_from_the_start_sends_nothing_again(

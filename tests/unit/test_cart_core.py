@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +22,7 @@ from services.cart.core import (
     on_order_placed,
     on_order_status,
     recovery_url,
+    resume,
     show_cart,
     show_line,
 )
@@ -39,8 +41,8 @@ def placed(at: datetime, *, gateway: bool, order: str = "order-1") -> Placed:
     return Placed("cart-1", "shop-1", order, CUSTOMER, ITEMS, at, gateway)
 
 
-def status(at: datetime, st: str, pay: str, order: str = "order-1") -> StatusChanged:
-    return StatusChanged("cart-1", "shop-1", order, st, pay, CUSTOMER, ITEMS, at)
+def status(at: datetime, st: str, pay: str, order: str = "order-1", reason: str | None = None) -> StatusChanged:
+    return StatusChanged("cart-1", "shop-1", order, st, pay, CUSTOMER, ITEMS, at, reason)
 
 
 # --- cart view -----------------------------------------------------------------------------------------------
@@ -144,9 +146,73 @@ def test_events_of_an_older_order_do_not_touch_a_newer_checkout() -> None:
     assert on_order_status(open_, status(T0, "pending", "paid", order="old"), AFTER) is None
 
 
-def test_canceled_status_changes_nothing() -> None:
+def test_a_canceled_order_the_watch_does_not_hold_changes_nothing() -> None:
     open_ = on_checkout_started(None, started(), AFTER)
-    assert on_order_status(open_, status(T0 + AFTER, "canceled", "awaiting"), AFTER) is None
+    assert on_order_status(open_, status(T0 + AFTER, "canceled", "awaiting"), AFTER) is None, "no order on it"
+    newer = on_checkout_started(None, started(T0 + 2 * AFTER), AFTER)
+    assert on_order_status(newer, status(T0 + 3 * AFTER, "canceled", "incomplete", reason="expired"), AFTER) is None, \
+        "an older order expiring after a newer checkout leaves the newer checkout's watch alone"
+    manual = on_order_placed(open_, placed(T0 + timedelta(seconds=5), gateway=False), AFTER)
+    assert on_order_status(manual, status(T0 + AFTER, "canceled", "awaiting"), AFTER) is None
+    paid = on_order_status(open_, status(T0 + timedelta(seconds=5), "pending", "paid"), AFTER)
+    assert on_order_status(paid, status(T0 + AFTER, "canceled", "paid"), AFTER) is None, "paid stays paid"
+
+
+def unpaid_gateway_watch() -> Checkout:
+    c = on_order_placed(on_checkout_started(None, started(), AFTER), placed(T0 + timedelta(seconds=5), gateway=True),
+                        AFTER)
+    return on_order_status(c, status(T0 + timedelta(seconds=6), "incomplete", "incomplete"), AFTER) or c
+
+
+@pytest.mark.parametrize(("reason", "closed"), [("expired", "expired"), ("changed my mind", "canceled"),
+                                                (None, "canceled")])
+@pytest.mark.parametrize("reminded", [False, True])
+def test_an_unpaid_gateway_order_canceled_or_expired_ends_its_watch_with_why(reason: str | None, closed: str,
+                                                                             reminded: bool) -> None:
+    watch = unpaid_gateway_watch()
+    if reminded:
+        watch = replace(watch, state=CheckoutState.ABANDONED, reminders_sent=1)
+    c = on_order_status(watch, status(T0 + 10 * AFTER, "canceled", "incomplete", reason=reason), AFTER)
+    assert c is not None and (c.state, c.order_closed, c.order_id) == (CheckoutState.CANCELED, closed, "order-1")
+    assert c.items == ITEMS, "the order's items stay, for the link to offer again"
+    assert c.reminders_sent == watch.reminders_sent
+    assert on_order_status(c, status(T0 + 11 * AFTER, "canceled", "incomplete", reason=reason), AFTER) is None
+    assert on_order_placed(c, placed(T0 + timedelta(seconds=5), gateway=True), AFTER) is None, "a late order.placed"
+    assert on_order_status(c, status(T0 + 12 * AFTER, "incomplete", "incomplete"), AFTER) is None
+
+
+def test_a_cancel_read_before_its_order_placed_still_ends_the_watch() -> None:
+    c = on_order_status(None, status(T0 + AFTER, "canceled", "incomplete", reason="expired"), AFTER)
+    assert c is not None and (c.state, c.order_closed, c.order_id) == (CheckoutState.CANCELED, "expired", "order-1")
+    assert on_order_placed(c, placed(T0, gateway=True), AFTER) is None
+
+
+def test_a_new_checkout_or_another_unpaid_order_after_a_cancel_moves_on() -> None:
+    canceled = on_order_status(unpaid_gateway_watch(), status(T0 + 10 * AFTER, "canceled", "incomplete",
+                                                              reason="expired"), AFTER)
+    fresh = on_checkout_started(canceled, started(T0 + 20 * AFTER), AFTER)
+    assert fresh is not None and fresh.state == CheckoutState.OPEN and fresh.order_id is None
+    other = on_order_placed(canceled, placed(T0 + 20 * AFTER, gateway=True, order="order-2"), AFTER)
+    assert other is not None and (other.state, other.order_id, other.order_closed) == (
+        CheckoutState.ABANDONED, "order-2", None), "payable again, but this checkout's reminders are over"
+
+
+def test_resume_says_what_the_recovery_link_offers() -> None:
+    watch = unpaid_gateway_watch()
+    assert resume("open", None, None) == {"kind": "cart"}
+    assert resume("open", None, watch) == {"kind": "cart"}, "a newer snapshot reopened the cart"
+    assert resume("ordered", "order-1", watch) == {"kind": "payment", "order_id": "order-1"}
+    abandoned = replace(watch, state=CheckoutState.ABANDONED, reminders_sent=1)
+    assert resume("ordered", "order-1", abandoned) == {"kind": "payment", "order_id": "order-1"}
+    for reason, said in (("expired", "expired"), ("customer asked", "canceled")):
+        canceled = on_order_status(watch, status(T0 + 10 * AFTER, "canceled", "incomplete", reason=reason), AFTER)
+        assert resume("ordered", "order-1", canceled) == {"kind": "reorder", "order_id": "order-1", "reason": said}
+    assert resume("ordered", "order-2", watch) is None, "the cart's newer order is not the watched one"
+    assert resume("ordered", "order-1", None) is None
+    paid = on_order_status(watch, status(T0 + AFTER, "pending", "paid"), AFTER)
+    assert resume("ordered", "order-1", paid) is None
+    manual = on_order_placed(on_checkout_started(None, started(), AFTER), placed(T0, gateway=False), AFTER)
+    assert resume("ordered", "order-1", manual) is None
 
 
 @pytest.mark.parametrize("order_id", [None, "order-9"])

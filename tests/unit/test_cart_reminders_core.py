@@ -14,9 +14,11 @@ from services.cart.core import (
     Placed,
     RecoveryPolicy,
     ReminderOutcome,
+    StatusChanged,
     abandoned_event,
     next_reminder,
     on_order_placed,
+    on_order_status,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -114,3 +116,19 @@ def test_a_checkout_read_after_its_gateway_order_keeps_the_orders_items() -> Non
     assert late is not None
     assert (late.items, late.marketing_consent, late.started_at, late.state) == (
         order_items, True, T0, CheckoutState.OPEN)
+
+
+def test_no_reminder_after_the_unpaid_order_was_canceled_or_expired() -> None:
+    """Before issue 16's fix a cancel changed nothing: the watch stayed open and the next reminder went out."""
+    policy = RecoveryPolicy((60, 3600, 86400))
+    first, _ = next_reminder(replace(due(), order_id="order-1", order_at=T0), policy, unsubscribed=False)
+    assert first.state == CheckoutState.OPEN, "the second reminder is due"
+    for reason in ("expired", "changed my mind"):
+        canceled = on_order_status(first, StatusChanged("cart-1", "shop-1", "order-1", "canceled", "incomplete",
+                                                        CUSTOMER, ITEMS, T0 + timedelta(seconds=120), reason),
+                                   timedelta(seconds=60))
+        assert canceled is not None and canceled.state == CheckoutState.CANCELED
+        assert canceled.reminders_sent == 1 and canceled.due_at == first.due_at
+        # PostgreSQL claims only `state = 'open'` rows (repository.claim_due_checkouts): a canceled watch is never
+        # handed to next_reminder again, so the second and third reminders are never sent.
+        assert canceled.state != CheckoutState.OPEN
