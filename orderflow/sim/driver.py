@@ -9,14 +9,23 @@ storefront's customer cancels some time after paying, not in the same millisecon
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from aiokafka.errors import KafkaError
 
 from contracts.base import Event
 from contracts.events import OrderCancelRequested
 from contracts.producer import StorefrontProducer
 from orderflow.sim.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+SEND_RETRY_SECONDS = 300.0
+"""How long a storefront keeps re-sending events the broker did not take (retriable errors only: no leader,
+timeouts), as docs/storefront.md asks of storefronts: a broker outage delays the load, it does not end it."""
 
 SentHook = Callable[[Event, float], None]
 """Called once the broker has an event, with the monotonic time its batch was queued (latency counts linger)."""
@@ -126,11 +135,30 @@ async def drive(scenario: Scenario, producer: StorefrontProducer, pace: Pace | N
 
 
 async def _send_all(producer: StorefrontProducer, events: list[Event], on_sent: SentHook | None) -> None:
+    """Send and wait until the broker has every event; what a retriable error refused is sent again (same event
+    ids: consumers drop a repeat) with a capped backoff, for SEND_RETRY_SECONDS at most."""
     if not events:
         return
     queued = time.monotonic()
-    futures = [await producer.send_soon(e) for e in events]
-    await asyncio.gather(*futures)
+    pending, backoff = events, 0.2
+    while pending:
+        futures, refused = [], []
+        for event in pending:
+            try:
+                futures.append((event, await producer.send_soon(event)))
+            except KafkaError as exc:  # no metadata for the topic while the broker is away
+                refused.append((event, exc))
+        results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+        refused += [(e, r) for (e, _), r in zip(futures, results, strict=True) if isinstance(r, BaseException)]
+        if not refused:
+            break
+        fatal = [r for _, r in refused if not (isinstance(r, KafkaError) and r.retriable)]
+        if fatal or time.monotonic() - queued > SEND_RETRY_SECONDS:
+            raise (fatal or [r for _, r in refused])[0]
+        log.info("%d event(s) not taken by the broker (%s); sending them again", len(refused), refused[0][1])
+        await asyncio.sleep(backoff)  # a retry's backoff, not a synchronisation
+        backoff = min(backoff * 2, 5.0)
+        pending = [e for e, _ in refused]
     if on_sent is not None:
         for event in events:
             on_sent(event, queued)
