@@ -117,7 +117,8 @@ async def test_fifty_checkouts_two_workers_one_killed_and_a_rebalance_abandon_ex
         by_table = counted["window"] + counted["sweep"]
         print(f"detections by source on the surviving workers: {dict(counted)}")
         assert by_table + counted["safety_net"] >= 30
-        assert by_table / (by_table + counted["safety_net"]) >= 0.9, f"the table carried detection: {counted}"
+        # issue 16: in a normal run >= 99 % of detections come from the table; of 30, that is every one
+        assert by_table / (by_table + counted["safety_net"]) >= 0.99, f"the table carried detection: {counted}"
     finally:
         for w in workers:
             w.kill()
