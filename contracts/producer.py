@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
@@ -18,14 +19,18 @@ class StorefrontProducer:
     """
 
     def __init__(self, bootstrap_servers: str, *, linger_ms: int = 0, **kafka_options: object) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=linger_ms,
-            max_request_size=2 * 1024 * 1024,
-            **kafka_options,
-        )
+        self._options = dict(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True,
+                             linger_ms=linger_ms, max_request_size=2 * 1024 * 1024, **kafka_options)
+        self._producer = AIOKafkaProducer(**self._options)
+
+    async def renew(self) -> None:
+        """Replace the client by a new one (a new producer id). An idempotent producer whose sequence broke - after a
+        broker outage, `OutOfOrderSequenceNumber` or `UnknownProducerId` - cannot send again; a new one can, and
+        sending the same events again is safe (their event ids are kept: docs/storefront.md)."""
+        old, self._producer = self._producer, AIOKafkaProducer(**self._options)
+        await self._producer.start()
+        with contextlib.suppress(Exception):  # the broken client's own shutdown errors change nothing
+            await old.stop()
 
     async def start(self) -> None:
         try:

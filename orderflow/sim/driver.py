@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, UnknownProducerId
 
 from contracts.base import Event
 from contracts.events import OrderCancelRequested
@@ -136,7 +136,8 @@ async def drive(scenario: Scenario, producer: StorefrontProducer, pace: Pace | N
 
 async def _send_all(producer: StorefrontProducer, events: list[Event], on_sent: SentHook | None) -> None:
     """Send and wait until the broker has every event; what a retriable error refused is sent again (same event
-    ids: consumers drop a repeat) with a capped backoff, for SEND_RETRY_SECONDS at most."""
+    ids: consumers drop a repeat) with a capped backoff, for SEND_RETRY_SECONDS at most, through a new producer
+    when the old one's idempotence sequence broke."""
     if not events:
         return
     queued = time.monotonic()
@@ -152,10 +153,13 @@ async def _send_all(producer: StorefrontProducer, events: list[Event], on_sent: 
         refused += [(e, r) for (e, _), r in zip(futures, results, strict=True) if isinstance(r, BaseException)]
         if not refused:
             break
-        fatal = [r for _, r in refused if not (isinstance(r, KafkaError) and r.retriable)]
+        broken = [r for _, r in refused if isinstance(r, OutOfOrderSequenceNumber | UnknownProducerId)]
+        fatal = [r for _, r in refused if not (isinstance(r, KafkaError) and r.retriable) and r not in broken]
         if fatal or time.monotonic() - queued > SEND_RETRY_SECONDS:
             raise (fatal or [r for _, r in refused])[0]
         log.info("%d event(s) not taken by the broker (%s); sending them again", len(refused), refused[0][1])
+        if broken:  # the idempotent producer's sequence broke in the outage: only a new producer id sends again
+            await producer.renew()
         await asyncio.sleep(backoff)  # a retry's backoff, not a synchronisation
         backoff = min(backoff * 2, 5.0)
         pending = [e for e, _ in refused]
