@@ -80,8 +80,14 @@ def build(settings: Settings) -> Runtime:
                 and min(value["due"], default=0) <= min(horizon, time.time()):
             proposals.propose((value["shop_id"], value["cart_id"]), "window")
 
+    # In memory, recovered from its changelog at every start: the changelog keeps 2 windows (faust sets a windowed
+    # changelog's retention to its expiry), so that read is bounded. With RocksDB, a worker SIGKILLed and restarted
+    # kept changelog offsets that faust 0.15.3's recovery then fetched "out of range" and waited for forever ("No
+    # event received for active tp ... since recovery start"; the cart worker never got ready: fault loop, 2026-12-01;
+    # faust-streaming issues 155, 158, 597, 651 describe this family).
     checkouts_due = rt.app.Table("checkouts-due", default=None, partitions=partitions, schema=json_schema,
-                                 on_window_close=window_closed).tumbling(default_after, expires=default_after * 2)
+                                 store="memory://", on_window_close=window_closed,
+                                 ).tumbling(default_after, expires=default_after * 2)
 
     # --- the faust table: a plain agent, so each write goes to the changelog partition of its source event ----
 
