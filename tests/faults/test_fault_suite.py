@@ -157,7 +157,8 @@ async def test_rebuild_of_cart_and_inventory_after_a_burst_sends_no_mail_and_lea
     assert mails, "the burst sent no mail: a rebuild could not send one again"
     models = await read_models(stack.database_url, ns)
     assert models["inventory.stock"] and models["inventory.stock_moves"] and models["cart.checkouts"], models.keys()
-    others = downstream(await snapshot_rows(stack.database_url, [ns]))
+    ids = [e.event_id for e in chain(run.scenario.setup_events, *run.scenario.session_events)]
+    others = downstream(await snapshot_rows(stack.database_url, [ns], ids))
 
     for service in REBUILT:
         worker = stack.workers[service]
@@ -195,7 +196,7 @@ async def test_rebuild_of_cart_and_inventory_after_a_burst_sends_no_mail_and_lea
 
     await settle(stack, run)  # every invariant again, against the oracle and the output topics
     problems = differences(models, await read_models(stack.database_url, ns))
-    problems += snapshot_changes(others, downstream(await snapshot_rows(stack.database_url, [ns])))
+    problems += snapshot_changes(others, downstream(await snapshot_rows(stack.database_url, [ns], ids)))
     if (now := len(stack.mailsink.messages())) != mails:
         problems.append(f"{now - mails} mails sent by the rebuild")
     assert not problems, "the rebuild changed things:\n  " + "\n  ".join(problems)
@@ -323,7 +324,8 @@ async def test_full_replay_of_every_service_changes_nothing(stack: FaultStack) -
     if not runs:
         pytest.skip("no scenario completed")
     namespaces = [r.scenario.namespace for r in runs]
-    rows_before = await snapshot_rows(stack.database_url, namespaces)
+    event_ids = [e.event_id for r in runs for e in chain(r.scenario.setup_events, *r.scenario.session_events)]
+    rows_before = await snapshot_rows(stack.database_url, namespaces, event_ids)
     ends_before = await end_offsets(stack.bootstrap, OUTPUT_TOPICS)
     mails_before = len(stack.mailsink.messages())
 
@@ -339,7 +341,7 @@ async def test_full_replay_of_every_service_changes_nothing(stack: FaultStack) -
         await settle(stack, run)
     print(f"\nreplay: {replayed} events in {time.monotonic() - began:.1f}s")
 
-    problems = snapshot_changes(rows_before, await snapshot_rows(stack.database_url, namespaces))
+    problems = snapshot_changes(rows_before, await snapshot_rows(stack.database_url, namespaces, event_ids))
     ends_after = await end_offsets(stack.bootstrap, OUTPUT_TOPICS)
     # Only the namespaces' own events and mails count: the session's broker also holds other modules' records, which
     # this replay (every topic from offset 0) hands the fault stack's workers for the first time.
