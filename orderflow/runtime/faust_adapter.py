@@ -75,5 +75,14 @@ async def seek(app: Any, tp: Any, offset: int) -> None:
 
 
 async def commit(app: Any, offsets: Mapping[Any, int]) -> bool:
-    """Commit these offsets for the partitions still assigned (faust filters the rest); False when it could not."""
-    return bool(await app.consumer._commit(dict(offsets)))
+    """Commit these offsets for the partitions still assigned; False when it could not.
+
+    Filtered here, not only by faust: a batch applied while its partitions were being revoked leaves offsets of
+    partitions this worker no longer holds, faust's `_commit` filters them out and hands aiokafka an empty dict,
+    aiokafka raises ValueError, and faust crashes the consumer for it: the worker stopped (seen in make test, a
+    worker taking over after another one stopped, 2026-12-01)."""
+    assigned = app.consumer.assignment()
+    held = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+    if not held:
+        return False
+    return bool(await app.consumer._commit(held))

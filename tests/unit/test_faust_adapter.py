@@ -42,3 +42,28 @@ async def test_the_workers_producer_is_idempotent_with_acks_all() -> None:
         assert client._sender._acks == -1
     finally:
         await client.stop()
+
+
+async def test_commit_never_hands_faust_offsets_of_partitions_no_longer_held() -> None:
+    """faust's `_commit` turns an all-revoked dict into an empty one, aiokafka raises ValueError on it and faust
+    crashes the consumer: the adapter filters first and does not call it at all when nothing is held."""
+
+    class FakeConsumer:
+        def __init__(self) -> None:
+            self.committed: list[dict] = []
+
+        def assignment(self) -> set[str]:
+            return {"held"}
+
+        async def _commit(self, offsets: dict) -> bool:
+            assert offsets, "faust would crash the consumer on an empty commit"
+            self.committed.append(offsets)
+            return True
+
+    class FakeApp:
+        consumer = FakeConsumer()
+
+    app = FakeApp()
+    assert await faust_adapter.commit(app, {"revoked": 5}) is False
+    assert await faust_adapter.commit(app, {"revoked": 5, "held": 7}) is True
+    assert app.consumer.committed == [{"held": 7}]
