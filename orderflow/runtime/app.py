@@ -60,6 +60,8 @@ Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
 
 COMMIT_SECONDS = 1.0
 LAG_SECONDS = 2.0
+STALL_SECONDS = 6.0
+"""A partition whose records wait this long with no progress is read again from its position (`_unstall`)."""
 READY_GRACE_SECONDS = 30.0
 """A rebalance, or a handler pausing for a lock race, shorter than this keeps the worker ready (/health/ready): a
 routine rebalance takes a few seconds and routing traffic away for it helps nobody. A dependency that is down (the
@@ -144,6 +146,7 @@ class Runtime(Service):
         self._gates: dict[Any, PartitionGate] = {}
         self._unsent: dict[Any, int] = {}  # positions committed in PostgreSQL, not yet on the broker
         self._idle_positions: dict[Any, int | None] = {}  # stored positions of assigned partitions not read yet
+        self._stalls: dict[Any, tuple[int, float]] = {}  # partition with records waiting -> (position, since)
         self._consumed: set[str] = set()
         self._settled: set[tuple[str, ...] | None] = set()  # topics with no replay goal left (then trusted)
         self._waiting: dict[str, str] = {}  # what is waiting on a dependency -> the last error
@@ -265,6 +268,7 @@ class Runtime(Service):
         if self._rebalancing_since is None:
             self._rebalancing_since = time.monotonic()
         for tp in revoked:
+            self._stalls.pop(tp, None)
             self._gates.pop(tp, None)
             self._unsent.pop(tp, None)
             self._idle_positions.pop(tp, None)
@@ -716,6 +720,26 @@ class Runtime(Service):
             if position is not None and ends.get(tp) is not None:
                 self.metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
                     max(0, ends[tp] - position))
+                await self._unstall(tp, position, ends[tp])
+
+    async def _unstall(self, tp: Any, position: int, end: int) -> None:
+        """A partition with records waiting whose position has not moved for STALL_SECONDS is read again from it.
+
+        faust drops records fetched around a rebalance or a seek; when they were the last ones of a partition, no
+        later record shows the gap (`positions.py` seeks back on a jump), and the partition stalls until one comes.
+        Not while a handler waits for a dependency, which holds positions on purpose."""
+        now = time.monotonic()
+        if position >= end or self._waiting:
+            self._stalls.pop(tp, None)
+            return
+        seen = self._stalls.get(tp)
+        if seen is None or seen[0] != position:
+            self._stalls[tp] = (position, now)
+        elif now - seen[1] >= STALL_SECONDS:
+            log.info("%s[%s]: %d record(s) waiting and none applied for %.0f s; reading again from %s", tp.topic,
+                     tp.partition, end - position, now - seen[1], position)
+            self._stalls[tp] = (position, now)
+            await self._seek(tp, position)
 
     async def _seek_watchdog(self) -> None:
         """A seek whose first record never came is made again (faust can drop the records read again)."""
