@@ -39,6 +39,7 @@ from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
 from orderflow.runtime.outbox import BrokerTopics, OutboxRelay
 from orderflow.runtime.positions import PartitionGate, Verdict
+from orderflow.runtime.probe import OffsetProbe
 from orderflow.runtime.unit import (
     PositionMoved,
     PositionWrite,
@@ -160,6 +161,7 @@ class Runtime(Service):
         self._running: list[asyncio.Future] = []
         self._inputs_clock: current.InputsClock | None = None  # only for a service that asks (`inputs_horizon`)
         self._admin: Any = None  # an admin client, opened by the inputs' probe only
+        self._probe: OffsetProbe | None = None  # reads the log where a partition's records jumped (probe.py)
         self.http = HttpSurface(settings.http_port, settings.backoffice_token, self.health, self.render_metrics)
         self.http.title = f"orderflow {settings.service}"
         self.dlq = DeadLetters(settings.service, self._send_with_headers,
@@ -253,6 +255,9 @@ class Runtime(Service):
         if self._admin is not None:
             with contextlib.suppress(Exception):
                 await self._admin.close()
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                await self._probe.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -438,6 +443,13 @@ class Runtime(Service):
         for record in records:
             gate = self._gates[record.tp]
             verdict = gate.admit(record.offset, now)
+            if verdict is Verdict.ASK:
+                wanted = gate.next_wanted()
+                first = await self._first_in_log(record.tp, wanted) if wanted is not None else None
+                verdict = gate.resolve(record.offset, first, time.monotonic())
+                if first is not None and wanted is not None and first > wanted:
+                    log.warning("%s[%s]: offsets %s to %s are not in the log (retention or transaction markers); "
+                                "reading on from %s", record.tp.topic, record.tp.partition, wanted, first - 1, first)
             if verdict is Verdict.APPLY:
                 admitted.append(record)
             elif verdict is Verdict.SEEK:
@@ -465,6 +477,18 @@ class Runtime(Service):
         stored = await self._until_done(topic, load)
         for tp in missing:
             self._gates[tp] = PartitionGate(stored.get(tp.partition))
+
+    async def _first_in_log(self, tp: Any, offset: int) -> int | None:
+        """The first offset at or after `offset` in the log itself (`probe.py`); None if the broker did not say."""
+        if self._probe is None:
+            self._probe = OffsetProbe({"bootstrap_servers": self.settings.kafka_bootstrap_servers,
+                                       "request_timeout_ms": 10000,
+                                       **self.settings.kafka_security.client_options()})
+        try:
+            return await self._probe.first_at_or_after(tp.topic, tp.partition, offset)
+        except Exception as exc:  # noqa: BLE001 - not known: nothing is passed over, the partition is read again
+            log.info("%s[%s]: the log not read at %s (%s)", tp.topic, tp.partition, offset, describe(exc))
+            return None
 
     async def _seek(self, tp: Any, offset: int) -> None:
         try:

@@ -7,12 +7,13 @@ sits between faust's stream and the handler (no I/O; the runtime does the seeks 
 
 - a record below the position was applied already: it is dropped (redelivery after a rebalance, a crash, a seek);
 - the record at the position is applied, and the position moves past it once the transaction committed;
-- a record beyond the position means records in between did not come. Either they were lost on the way (faust
-  hands out records fetched before a seek, drops records read again after one, acks records dropped at a
-  rebalance) or they are not in the log (compaction, retention, transaction markers). The partition is sought back
-  to the position; when the very record that jumped comes first again after that seek, the offsets in between are
-  truly absent and the record is applied. Records beyond the jump that arrive meanwhile were fetched before the
-  seek: they are dropped and read again.
+- a record beyond the position means records in between either did not come (faust hands out records fetched
+  before a seek, drops records read again after one, acks records dropped at a rebalance) or are not in the log
+  (retention; a transactional producer's commit markers). The gate cannot tell which from the stream: it asks
+  (ASK) and the runtime reads the log (`probe.py`) for the first record at or after the position. Offsets before
+  that record are truly absent and are passed over; the record itself must then come, so the partition is sought
+  back to it unless it is the one in hand. Records beyond a pending seek were fetched before it: they are dropped
+  and read again.
 - a seek whose first record never came is made again after `RESEEK_SECONDS` (faust's fetch loop can overwrite the
   read offset a seek reset and then silently drop the records read again).
 
@@ -31,8 +32,9 @@ RESEEK_SECONDS = 2.0
 class Verdict(enum.Enum):
     APPLY = "apply"
     DROP = "drop"  # below the position: applied already
-    STALE = "stale"  # beyond a pending seek's jump: fetched before the seek, read again later
-    SEEK = "seek"  # a jump beyond the position: drop it and seek back to the position
+    STALE = "stale"  # beyond a pending seek's offset: fetched before the seek, read again later
+    SEEK = "seek"  # records before this one must come first: drop it and seek back to them
+    ASK = "ask"  # beyond the position: which offset comes next in the log? (`resolve` with the answer)
 
 
 @dataclass
@@ -55,15 +57,25 @@ class PartitionGate:
             return self._take(offset)
         if offset < wanted:
             return Verdict.DROP
-        if self.seek_to is None:
-            self.seek_to, self.jump, self.sought_at = wanted, offset, now
-            return Verdict.SEEK
-        if self.jump is not None and offset <= self.jump:
-            return self._take(offset)  # the first record after the seek: the offsets before it are not in the log
-        if now - self.sought_at >= RESEEK_SECONDS:
-            self.sought_at = now
-            return Verdict.SEEK
-        return Verdict.STALE
+        if self.seek_to is not None and now - self.sought_at < RESEEK_SECONDS:
+            return Verdict.STALE
+        self.jump = offset
+        return Verdict.ASK
+
+    def resolve(self, offset: int, first: int | None, now: float) -> Verdict:
+        """The log's answer to ASK for the record at `offset`: its first record at or after the offset wanted
+        (None: not known, so nothing is passed over). Absent offsets before it are passed over; the record in hand
+        is applied if it is that one, else the partition is read again from that one."""
+        wanted = self.next_wanted()
+        if wanted is not None and first is not None and first > wanted:
+            self.expected = first  # offsets wanted..first-1 are not in the log
+            wanted = first
+        if wanted is None or offset == wanted:
+            return self._take(offset)
+        if offset < wanted:
+            return Verdict.DROP
+        self.seek_to, self.sought_at = wanted, now
+        return Verdict.SEEK
 
     def _take(self, offset: int) -> Verdict:
         self.expected = offset + 1

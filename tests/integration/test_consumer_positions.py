@@ -64,3 +64,46 @@ async def test_a_committed_offset_deleted_from_the_log_does_not_stall_the_partit
 
 async def _covers(fetch, wanted: set[str]) -> bool:  # noqa: ANN001
     return wanted <= await fetch()
+
+
+async def test_the_log_says_which_offset_comes_first(kafka_bootstrap: str) -> None:
+    """`OffsetProbe` (orderflow/runtime/probe.py), which the gate asks when a record jumps: a record that is in the
+    log is found at its own offset; offsets retention deleted or a transaction's commit marker took are not."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from orderflow.runtime.probe import OffsetProbe
+
+    topic = f"probe-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    probe = OffsetProbe({"bootstrap_servers": kafka_bootstrap})
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        plain = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await plain.start()
+        try:
+            offsets = [(await plain.send_and_wait(topic, f"v{i}".encode(), partition=0)).offset for i in range(4)]
+        finally:
+            await plain.stop()
+        assert [await probe.first_at_or_after(topic, 0, o) for o in offsets] == offsets
+
+        txn = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-txn")
+        await txn.start()
+        try:
+            async with txn.transaction():
+                inside = (await txn.send_and_wait(topic, b"t0", partition=0)).offset
+            async with txn.transaction():
+                after_marker = (await txn.send_and_wait(topic, b"t1", partition=0)).offset
+        finally:
+            await txn.stop()
+        assert after_marker == inside + 2  # the first transaction's commit marker took inside + 1
+        assert await probe.first_at_or_after(topic, 0, inside + 1) == after_marker
+
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(offsets[2])})
+        assert await probe.first_at_or_after(topic, 0, offsets[0]) == offsets[2]  # deleted: the log start
+        assert await probe.first_at_or_after(topic, 0, offsets[3]) == offsets[3]
+    finally:
+        await probe.close()
+        await admin.delete_topics([topic])
+        await admin.close()
