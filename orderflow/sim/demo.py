@@ -53,7 +53,9 @@ from orderflow.ops.broker import options
 ABANDON_AFTER_SECONDS = 3
 REMINDERS = (3, 12)
 """The reminder shop's recovery_reminders_seconds."""
-WAIT = 25.0
+WAIT = 45.0
+"""How long each rule waits for what it checks; a healthy stack answers in a second or two. 25 s was once too short
+on a loaded CI machine (carol's status mails came later, cause not found), so a rule fails only on a long outage."""
 PRICES = {"mug": 1200, "tee": 1900, "poster": 900}
 NAMES = {"mug": "Mug", "tee": "T-shirt", "poster": "Poster"}
 INITIAL_STOCK = {"mug": 10, "tee": 5, "poster": 3}
