@@ -297,14 +297,20 @@ class ReminderOutcome(StrEnum):
     NO_CONSENT = "no_consent"      # the shop requires marketing_consent and the customer did not give it
     UNSUBSCRIBED = "unsubscribed"  # the customer's e-mail unsubscribed from this shop's reminders
     NO_MORE = "no_more"            # the shop now asks for fewer reminders than this checkout already had
+    PAID = "paid"                  # a gateway's payment for the watch's order came; orders has not said paid yet
 
 
-def next_reminder(c: Checkout, policy: RecoveryPolicy, unsubscribed: bool) -> tuple[Checkout, ReminderOutcome]:
+def next_reminder(c: Checkout, policy: RecoveryPolicy, unsubscribed: bool,
+                  payment_seen: bool = False) -> tuple[Checkout, ReminderOutcome]:
     """What a due (claimed) watch becomes: reminder number `c.reminders_sent` is sent, or the reminders stop.
 
     After a sent reminder the watch stays open, due again after the gap to the next delay, while the shop asks for
-    more; then it is abandoned (terminal). Any stop is terminal too, with its reason kept.
+    more; then it is abandoned (terminal). Any stop is terminal too, with its reason kept. A payment seen for the
+    watch's order closes it as paid, whatever orders later decides of that payment: a customer who paid, even the
+    wrong amount, is never asked to come back and pay (the merchant is alerted of a mismatch).
     """
+    if payment_seen:
+        return replace(c, state=CheckoutState.PAID, reminders_stopped=ReminderOutcome.PAID.value), ReminderOutcome.PAID
     index = c.reminders_sent
     stop = (ReminderOutcome.NO_CONSENT if policy.requires_consent and not c.marketing_consent
             else ReminderOutcome.UNSUBSCRIBED if unsubscribed

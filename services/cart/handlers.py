@@ -21,6 +21,7 @@ from contracts import (
     InventoryLevel,
     OrderPlaced,
     OrderStatusChanged,
+    PaymentConfirmed,
     ShopSettings,
 )
 from orderflow.runtime.unit import UnitOfWork
@@ -38,7 +39,8 @@ class CartMetrics:
                                           "Cart lines shown as out of stock by GET /carts", registry=r)
         self.reminders_stopped = Counter(
             "orderflow_cart_reminders_stopped_total",
-            "Due recovery reminders not sent, by reason (no_consent, unsubscribed, no_more)", ["reason"], registry=r)
+            "Due recovery reminders not sent, by reason (no_consent, unsubscribed, no_more, paid)", ["reason"],
+            registry=r)
         self.unsubscribes = Counter("orderflow_cart_unsubscribes_total",
                                     "Unsubscribe requests recorded (first per shop and e-mail), by way", ["via"],
                                     registry=r)
@@ -126,3 +128,9 @@ async def order_status_changed(uow: UnitOfWork, events: list[OrderStatusChanged]
                                               [i.model_dump(mode="json") for i in e.items], e.occurred_at,
                                               e.reason))
                        for e in events if e.cart_id], core.on_order_status)
+
+
+async def payments_confirmed(uow: UnitOfWork, events: list[PaymentConfirmed]) -> None:
+    """Remember each order a gateway confirmed a payment for: its checkout's reminders stop when next due
+    (`core.next_reminder`), even while orders has not said paid."""
+    await repository.record_payments(uow.conn, [(e.shop_id, e.order_id) for e in events])

@@ -242,6 +242,33 @@ async def claim_due_checkouts(conn: asyncpg.Connection, limit: int = 500,
     return [_checkout(r) for r in rows]
 
 
+async def record_payments(conn: asyncpg.Connection, payments: Sequence[tuple[str, str]]) -> None:
+    """(shop_id, order_id) of gateway payments seen; one row per order, the first kept."""
+    if payments:
+        await conn.execute(
+            "INSERT INTO payments_seen (shop_id, order_id) SELECT * FROM unnest($1::text[], $2::text[]) "
+            "ON CONFLICT DO NOTHING", [p[0] for p in payments], [p[1] for p in payments])
+
+
+async def paid_orders(conn: asyncpg.Connection, orders: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (shop_id, order_id) have a payment seen."""
+    wanted = sorted(set(orders))
+    if not wanted:
+        return set()
+    rows = await conn.fetch(
+        "SELECT p.shop_id, p.order_id FROM payments_seen p JOIN unnest($1::text[], $2::text[]) AS k(s, id) "
+        "ON p.shop_id = k.s AND p.order_id = k.id", [w[0] for w in wanted], [w[1] for w in wanted])
+    return {(r["shop_id"], r["order_id"]) for r in rows}
+
+
+async def forget_payments(conn: asyncpg.Connection, older_than: timedelta, limit: int = 10_000) -> int:
+    """Drop payments seen longer ago than any watch can still be due; a bounded batch per call."""
+    status = await conn.execute(
+        "DELETE FROM payments_seen WHERE ctid IN (SELECT ctid FROM payments_seen "
+        "WHERE seen_at < now() - $1::interval LIMIT $2)", older_than, limit)
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def load_checkout(conn: asyncpg.Connection | asyncpg.Pool, shop_id: str, cart_id: str) -> Checkout | None:
     row = await conn.fetchrow("SELECT * FROM checkouts WHERE shop_id = $1 AND cart_id = $2", shop_id, cart_id)
     return _checkout(row) if row else None

@@ -36,6 +36,9 @@ from services.cart.api import CART_VIEW_DOC, cart_view_handler, unsubscribe_hand
 log = logging.getLogger(__name__)
 
 TABLE_READY_SECONDS = 15.0
+PAYMENTS_KEPT = timedelta(days=60)
+"""A payment seen stops reminders of a watch due at most 30 days after its order; kept twice that."""
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 async def write_table(write: Callable[[], object], what: str) -> None:
@@ -137,6 +140,10 @@ def build(settings: Settings) -> Runtime:
     rt.consume(topics.CHECKOUT_STARTED, handlers.checkouts_started, batch=200)
     rt.consume(topics.ORDER_PLACED, handlers.orders_placed, batch=200)
     rt.consume(topics.ORDER_STATUS, handlers.order_status_changed, batch=200)
+    # A gateway's payment stops its checkout's reminders at once, not only once orders says paid: while orders is
+    # down or behind, the inputs' horizon (which covers this topic, not orders' backlog) would otherwise let a
+    # checkout whose payment waits in orders be judged abandoned.
+    rt.consume(topics.PAYMENT_CONFIRMED, handlers.payments_confirmed, batch=500)
 
     # --- the abandon scanner --------------------------------------------------------------------------------
 
@@ -159,11 +166,13 @@ def build(settings: Settings) -> Runtime:
         policies = await repository.recovery_policies(uow.conn, [c.shop_id for c in claimed], default_after)
         gone = await repository.unsubscribed(uow.conn, [(c.shop_id, recovery.normalized_email(c.customer["email"]))
                                                         for c in claimed if c.customer.get("email")])
+        paid = await repository.paid_orders(uow.conn, [(c.shop_id, c.order_id) for c in claimed if c.order_id])
         at = now()
         decided, sent, parked = [], [], []
         for checkout in claimed:
             email = recovery.normalized_email(checkout.customer.get("email") or "")
-            after, outcome = core.next_reminder(checkout, policies[checkout.shop_id], (checkout.shop_id, email) in gone)
+            after, outcome = core.next_reminder(checkout, policies[checkout.shop_id], (checkout.shop_id, email) in gone,
+                                                payment_seen=(checkout.shop_id, checkout.order_id) in paid)
             if outcome is core.ReminderOutcome.SEND:
                 try:
                     uow.emit([core.abandoned_event(checkout, settings.public_store_url, at, recovery_key,
@@ -198,11 +207,14 @@ def build(settings: Settings) -> Runtime:
     async def abandon_detector() -> None:
         await proposals.run(claim_proposed)
 
+    async def forget_old_payments(uow: UnitOfWork) -> None:
+        await repository.forget_payments(uow.conn, PAYMENTS_KEPT)
+
     @rt.background
     async def abandon_scanner() -> None:
         """The safety net, every ABANDON_SCAN_MS: claim the checkouts due for SAFETY_NET_GRACE that the windowed
         table did not propose (one unit of work per round); it parks checkouts whose event cannot be built."""
-        next_count = 0.0
+        next_count = next_prune = 0.0
         while True:
             # After a replay or rebuild, nothing is abandoned until every input topic caught up: a checkout whose
             # order the replay has not reached yet would otherwise be mailed "your cart is waiting".
@@ -214,6 +226,9 @@ def build(settings: Settings) -> Runtime:
             if time.monotonic() >= next_count:
                 metrics.open_carts.set(await repository.count_carts(await rt.pool()))
                 next_count = time.monotonic() + 10.0
+            if time.monotonic() >= next_prune:
+                await rt.run_unit(forget_old_payments, topic="payments-prune")
+                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
             await asyncio.sleep(settings.abandon_scan_seconds)
 
     # The cart view checks its own credentials: a storefront key, a recovery link's token or BACKOFFICE_TOKEN (api.py).

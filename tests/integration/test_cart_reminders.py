@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 PARTITIONS = 8
 CART_INPUTS = ["cart.updated", "checkout.started", "order.placed", "order.status", "inventory.levels",
-               "shop.settings"]
+               "shop.settings", "payment.confirmed"]
 NOTIFY_INPUTS = ["order.status", "inventory.deductions", "checkout.abandoned", "order.message", "shop.settings"]
 ITEMS = [c.CartItem(sku="MUG-1", quantity=2, unit_price_cents=1250, name="Mug")]
 
@@ -176,6 +176,36 @@ def detections(worker: WorkerProcess) -> dict[str, float]:
 
 def header(mail: dict, name: str) -> list[str]:
     return [v for k, vs in mail["headers"].items() if k.lower() == name.lower() for v in vs]
+
+
+def payment(placed: c.OrderPlaced) -> c.PaymentConfirmed:
+    return c.PaymentConfirmed(**envelope(placed.shop_id), order_id=placed.order_id, payment_id=uid("pay"),
+                              amount_cents=placed.total_cents, currency=placed.currency, provider="paypal")
+
+
+async def test_a_payment_orders_has_not_applied_yet_stops_the_reminders(
+        stack: Stack, kafka_bootstrap: str, database_url: str, mailsink) -> None:
+    """No orders worker runs here, as when orders is down or far behind: the gateway's payment.confirmed is never
+    turned into order.status paid. Cart reads the payment itself, so the paying customer gets no reminder, while
+    an unpaid order of the same shop, placed with it, gets its reminder (the proof the window has passed)."""
+    shop = settings(uid("shop"), [2])
+    await given_shop(kafka_bootstrap, database_url, shop)
+    paying, unpaid = f"{uid('paying')}@example.com", f"{uid('unpaid')}@example.com"
+    paying_checkout, unpaid_checkout = (checkout(shop.shop_id, uid("cart"), paying),
+                                        checkout(shop.shop_id, uid("cart"), unpaid))
+    paying_order, unpaid_order = order(paying_checkout), order(unpaid_checkout)
+    await send(kafka_bootstrap, paying_checkout, unpaid_checkout, paying_order, unpaid_order, payment(paying_order))
+
+    await mails_to(mailsink, unpaid, 1)
+
+    async def decided() -> asyncpg.Record | None:
+        row = (await watches(database_url, shop.shop_id)).get(paying_checkout.cart_id)
+        return row if row is not None and row["state"] != "open" else None
+
+    row = await async_wait_for(decided, timeout=30, message="the paying customer's watch decided", interval=0.2)
+    assert (row["state"], row["reminders_sent"], row["reminders_stopped"], row["abandoned_at"]) == (
+        "paid", 0, "paid", None)
+    assert recovery_mails(mailsink, paying) == []
 
 
 async def test_two_reminders_each_once_and_payment_between_them_stops_the_second(

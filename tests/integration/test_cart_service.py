@@ -54,7 +54,8 @@ def status(placed: c.OrderPlaced, st: c.OrderStatus, pay: c.PaymentStatus) -> c.
                                 currency=placed.currency, payment=placed.payment)
 
 
-INPUTS = ["cart.updated", "checkout.started", "order.placed", "order.status", "inventory.levels", "shop.settings"]
+INPUTS = ["cart.updated", "checkout.started", "order.placed", "order.status", "inventory.levels", "shop.settings",
+          "payment.confirmed"]
 
 
 async def start_group_at_end(bootstrap: str, group_id: str) -> None:

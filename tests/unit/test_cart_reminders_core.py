@@ -63,6 +63,17 @@ def test_an_unsubscribed_email_stops_the_reminders_and_fewer_reminders_end_them(
     assert (outcome, ended.state) == (ReminderOutcome.NO_MORE, CheckoutState.ABANDONED)
 
 
+def test_a_payment_seen_stops_the_reminders_before_orders_says_paid() -> None:
+    """A gateway's payment.confirmed that orders has not turned into order.status yet (orders down or behind):
+    no reminder, whether the first or a later one, and whatever the other reasons say; the watch closes as paid."""
+    for sent in (0, 1):
+        stopped, outcome = next_reminder(due(sent=sent), RecoveryPolicy((60, 120)), unsubscribed=True,
+                                         payment_seen=True)
+        assert (outcome, stopped.state, stopped.reminders_sent, stopped.reminders_stopped) == (
+            ReminderOutcome.PAID, CheckoutState.PAID, sent, "paid")
+    assert next_reminder(due(), RecoveryPolicy((60,)), False, payment_seen=False)[1] is ReminderOutcome.SEND
+
+
 def test_policy_defaults_to_one_reminder_at_the_abandon_delay() -> None:
     assert RecoveryPolicy.of(None, timedelta(seconds=90), False) == RecoveryPolicy((90,), False)
     assert RecoveryPolicy.of([5, 10, 20, 40], timedelta(seconds=90), True) == RecoveryPolicy((5, 10, 20), True)
