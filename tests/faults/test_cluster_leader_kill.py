@@ -96,8 +96,12 @@ async def wait_partition(bootstrap: str, condition, what: str, timeout: float = 
 
 
 async def test_topics_are_replicated_three_times_with_min_isr_two(cluster: kafka.KafkaCluster) -> None:
-    leader, replicas, isr = await partition_state(cluster.bootstrap, BUSY_TOPIC, BUSY_PARTITION)
-    assert sorted(replicas) == [1, 2, 3] and sorted(isr) == [1, 2, 3] and leader in replicas
+    # The broker asked may not know a topic created a moment ago yet (seen in a loop run: no partition 0): the
+    # condition is waited for, and a cluster that does not replicate three times fails it at the deadline.
+    leader, replicas, isr = await wait_partition(
+        cluster.bootstrap, lambda _leader, replicas, isr: sorted(replicas) == [1, 2, 3] and sorted(isr) == [1, 2, 3],
+        f"{BUSY_TOPIC}[{BUSY_PARTITION}] on three brokers, all in sync", timeout=60)
+    assert leader in replicas
     admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
