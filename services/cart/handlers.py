@@ -116,7 +116,10 @@ async def checkouts_started(uow: UnitOfWork, events: list[CheckoutStarted]) -> N
 
 
 async def orders_placed(uow: UnitOfWork, events: list[OrderPlaced]) -> None:
-    await repository.mark_ordered(uow.conn, [(e.cart_id, e.shop_id, e.order_id, e.occurred_at) for e in events])
+    await repository.mark_ordered(uow.conn, [(e.cart_id, e.shop_id, e.order_id, e.occurred_at,
+                                              [i.model_dump(mode="json", include={"sku", "quantity", "name",
+                                                                                  "unit_price_cents"})
+                                               for i in e.items], _dump(e.customer)) for e in events])
     await _watch(uow, [(e, core.Placed(e.cart_id, e.shop_id, e.order_id, _dump(e.customer),
                                        [i.model_dump(mode="json") for i in e.items], e.occurred_at,
                                        e.payment.method == "gateway")) for e in events], core.on_order_placed)

@@ -36,17 +36,22 @@ async def save_snapshots(conn: asyncpg.Connection, snapshots: Sequence[tuple[str
     return len(snapshots)
 
 
-async def mark_ordered(conn: asyncpg.Connection, orders: Sequence[tuple[str, str, str, datetime]]) -> None:
-    """(cart_id, shop_id, order_id, occurred_at): the cart is emptied by its order unless a newer snapshot exists."""
+async def mark_ordered(conn: asyncpg.Connection,
+                       orders: Sequence[tuple[str, str, str, datetime, list[dict[str, Any]], dict[str, Any]]]) -> None:
+    """(cart_id, shop_id, order_id, occurred_at, items, customer): the cart is emptied by its order unless a newer
+    snapshot exists. A cart first known from its order (its order.placed read before its cart.updated: the topics
+    are consumed apart, and the older snapshot is then ignored) holds the order's lines and customer, so that what
+    it held is still shown (`ordered_items`)."""
     await conn.executemany(
         """
-        INSERT INTO carts (cart_id, shop_id, status, order_id, updated_at) VALUES ($1, $2, 'ordered', $3, $4)
+        INSERT INTO carts (cart_id, shop_id, status, order_id, updated_at, items, customer)
+        VALUES ($1, $2, 'ordered', $3, $4, $5::jsonb, $6::jsonb)
         ON CONFLICT (shop_id, cart_id) DO UPDATE
            SET status = 'ordered', order_id = EXCLUDED.order_id, updated_at = EXCLUDED.updated_at, written_at = now()
          WHERE carts.updated_at <= EXCLUDED.updated_at
            AND (carts.status, carts.order_id) IS DISTINCT FROM ('ordered', EXCLUDED.order_id)
         """,
-        orders,
+        [(c, s, o, at, json.dumps(items), json.dumps(customer)) for c, s, o, at, items, customer in orders],
     )
 
 

@@ -199,11 +199,37 @@ async def test_carts_and_checkout_watches_are_keyed_by_shop(database_url: str, s
         async with conn.transaction():
             watches = await repo.lock_checkouts(conn, [("shop-a", "cart-1"), ("shop-b", "cart-1")])
             assert list(watches) == [("shop-a", "cart-1")]
-            await repo.mark_ordered(conn, [("cart-1", "shop-b", "1001", T0)])
+            await repo.mark_ordered(conn, [("cart-1", "shop-b", "1001", T0, [{"sku": "TEE", "quantity": 1}],
+                                            {"email": "bo@example.com"})])
         assert (await repo.load_cart(conn, "shop-a", "cart-1"))["customer"] == {"email": "ada@example.com"}
         assert (await repo.load_cart(conn, "shop-a", "cart-1"))["status"] == "open"
         assert (await repo.load_cart(conn, "shop-b", "cart-1"))["status"] == "ordered"
         assert await repo.shops_with_cart(conn, "cart-1") == ["shop-a", "shop-b"]
+    finally:
+        await conn.close()
+
+
+async def test_a_cart_first_known_from_its_order_shows_what_was_ordered(database_url: str, schema: str,
+                                                                         tmp_path: Path) -> None:
+    """order.placed and cart.updated are consumed apart: when the order is read first, the cart's older snapshot
+    is ignored when it comes, so the cart holds the order's lines (seen in a clean-clone run: an ordered cart with
+    no `ordered_items`). A cart known before its order keeps its own snapshot."""
+    from datetime import timedelta
+
+    from services.cart import repository as repo
+
+    conn = await upgrade(database_url, schema, "cart", tmp_path, CART_FILL)
+    try:
+        ordered = [{"sku": "TEE", "quantity": 5, "name": "Tee", "unit_price_cents": 1500}]
+        await repo.mark_ordered(conn, [("cart-7", "shop-c", "1001", T0, ordered, {"email": "bo@example.com"})])
+        await repo.save_snapshots(conn, [("cart-7", "shop-c", {"email": "bo@example.com"},
+                                          [{"sku": "TEE", "quantity": 5}], T0 - timedelta(seconds=1))])
+        cart = await repo.load_cart(conn, "shop-c", "cart-7")
+        assert (cart["status"], cart["order_id"], cart["items"]) == ("ordered", "1001", ordered)
+
+        await repo.mark_ordered(conn, [("cart-1", "shop-a", "1002", T0 + timedelta(days=400), ordered, {})])
+        cart = await repo.load_cart(conn, "shop-a", "cart-1")
+        assert (cart["status"], cart["items"]) == ("ordered", [{"sku": "MUG", "quantity": 2}])
     finally:
         await conn.close()
 
