@@ -62,6 +62,7 @@ Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
 COMMIT_SECONDS = 1.0
 LAG_SECONDS = 2.0
 STALL_SECONDS = 6.0
+NOTE_SECONDS = 30.0
 """A partition whose records wait this long with no progress is read again from its position (`_unstall`)."""
 READY_GRACE_SECONDS = 30.0
 """A rebalance, or a handler pausing for a lock race, shorter than this keeps the worker ready (/health/ready): a
@@ -154,6 +155,7 @@ class Runtime(Service):
         self._waiting_since: dict[str, float] = {}
         self._down: set[str] = set()  # waiting because a dependency is away (not a lock race): not ready at once
         self._rebalancing_since: float | None = None
+        self._noted: dict[str, float] = {}  # `_note`: when each reason was last logged
         self._settled_once = False  # a first rebalance completed (then a rebalance has READY_GRACE_SECONDS)
         self._health_checks: list[Callable[[], Awaitable[dict[str, Any]]]] = []
         self._background: list[Callable[[], Awaitable[None]]] = []
@@ -711,15 +713,30 @@ class Runtime(Service):
                     self._unsent.setdefault(tp, offset)
 
     async def _track_lag(self) -> None:
-        """`orderflow_consumer_lag` of every assigned source partition, every LAG_SECONDS."""
+        """`orderflow_consumer_lag` of every assigned source partition, every LAG_SECONDS; the stall watchdog
+        (`_unstall`) runs on its figures, so why it could not run is logged (at most every NOTE_SECONDS): a rebalance
+        run once stalled a partition 150 s with no line saying why the watchdog did not act."""
+        rebalancing_since: float | None = None
         while not self.should_stop:
             await self.sleep(LAG_SECONDS)
             if self.app.rebalancing:
+                rebalancing_since = rebalancing_since or time.monotonic()
+                if time.monotonic() - rebalancing_since >= NOTE_SECONDS:
+                    self._note("rebalancing", "faust has said it is rebalancing for %.0f s: consumer lag not measured, "
+                               "stalled partitions not read again", time.monotonic() - rebalancing_since)
                 continue
+            rebalancing_since = None
             try:
                 await self._measure_lag()
             except Exception as exc:  # noqa: BLE001 - a figure only: measured again next time
-                log.debug("consumer lag not measured: %s", describe(exc))
+                self._note("lag", "consumer lag not measured (stalled partitions not read again): %s", describe(exc))
+
+    def _note(self, key: str, message: str, *args: Any) -> None:
+        """An info line about why a safeguard could not act, at most once per NOTE_SECONDS per key."""
+        now = time.monotonic()
+        if now - self._noted.get(key, -NOTE_SECONDS) >= NOTE_SECONDS:
+            self._noted[key] = now
+            log.info(message, *args)
 
     async def _measure_lag(self) -> None:
         tps = [tp for tp in self.app.consumer.assignment() if tp.topic in self._consumed]
@@ -753,6 +770,9 @@ class Runtime(Service):
         later record shows the gap (`positions.py` seeks back on a jump), and the partition stalls until one comes.
         Not while a handler waits for a dependency, which holds positions on purpose."""
         now = time.monotonic()
+        if position < end and self._waiting:
+            self._note(f"waiting {tp.topic}[{tp.partition}]", "%s[%s]: %d record(s) waiting, not read again while "
+                       "%s waits for a dependency", tp.topic, tp.partition, end - position, ", ".join(self._waiting))
         if position >= end or self._waiting:
             self._stalls.pop(tp, None)
             return
