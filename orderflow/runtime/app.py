@@ -62,8 +62,9 @@ Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
 COMMIT_SECONDS = 1.0
 LAG_SECONDS = 2.0
 STALL_SECONDS = 6.0
-NOTE_SECONDS = 30.0
 """A partition whose records wait this long with no progress is read again from its position (`_unstall`)."""
+NOTE_SECONDS = 30.0
+"""`_note`: a reason a safeguard could not act is logged at most this often."""
 READY_GRACE_SECONDS = 30.0
 """A rebalance, or a handler pausing for a lock race, shorter than this keeps the worker ready (/health/ready): a
 routine rebalance takes a few seconds and routing traffic away for it helps nobody. A dependency that is down (the
@@ -483,9 +484,7 @@ class Runtime(Service):
     async def _first_in_log(self, tp: Any, offset: int) -> int | None:
         """The first offset at or after `offset` in the log itself (`probe.py`); None if the broker did not say."""
         if self._probe is None:
-            self._probe = OffsetProbe({"bootstrap_servers": self.settings.kafka_bootstrap_servers,
-                                       "request_timeout_ms": 10000,
-                                       **self.settings.kafka_security.client_options()})
+            self._probe = OffsetProbe(self._client_options())
         try:
             return await self._probe.first_at_or_after(tp.topic, tp.partition, offset)
         except Exception as exc:  # noqa: BLE001 - not known: nothing is passed over, the partition is read again
@@ -656,12 +655,16 @@ class Runtime(Service):
                 log.debug("inputs' positions not checked: %s", describe(exc))
             self._report_horizon(clock)
 
+    def _client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments of the runtime's own clients (the admin client, the offset probe)."""
+        return {"bootstrap_servers": self.settings.kafka_bootstrap_servers, "request_timeout_ms": 10000,
+                **self.settings.kafka_security.client_options()}
+
     async def _admin_client(self) -> Any:
         from aiokafka.admin import AIOKafkaAdminClient
 
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                                        request_timeout_ms=10000, **self.settings.kafka_security.client_options())
+            admin = AIOKafkaAdminClient(**self._client_options())
             await admin.start()
             self._admin = admin
         return self._admin
