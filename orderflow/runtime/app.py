@@ -478,8 +478,10 @@ class Runtime(Service):
             return await load_positions(await self.pool(), self.group, topic, [tp.partition for tp in missing])
 
         stored = await self._until_done(topic, load)
+        unknown = [tp for tp in missing if tp.partition not in stored]
+        starts = await self._until_done(topic, lambda: self._start_offsets(unknown)) if unknown else {}
         for tp in missing:
-            self._gates[tp] = PartitionGate(stored.get(tp.partition))
+            self._gates[tp] = PartitionGate(stored.get(tp.partition), start=starts.get((tp.topic, tp.partition)))
 
     async def _first_in_log(self, tp: Any, offset: int) -> int | None:
         """The first offset at or after `offset` in the log itself (`probe.py`); None if the broker did not say."""
@@ -672,7 +674,8 @@ class Runtime(Service):
     async def _start_offsets(self, tps: list[Any]) -> dict[current.Partition, int]:
         """Where this group starts on partitions with no stored position, as faust does: the broker's committed
         offset (a group started at the topics' ends, or positions committed before a replay), else the earliest.
-        Neither moves before the partition's first record is applied, which stores a position."""
+        Neither moves before the partition's first record is applied, which stores a position. The gates start
+        there too (`positions.py`): the first record that comes is not proof that none came before it."""
         from aiokafka.structs import TopicPartition
 
         committed = await (await self._admin_client()).list_consumer_group_offsets(
@@ -746,21 +749,20 @@ class Runtime(Service):
         if not tps:
             return
         ends = await self.app.consumer.highwaters(*tps)
-        positions = {tp: gate.position for tp in tps if (gate := self._gates.get(tp)) is not None}
+        positions = {tp: gate.reached() for tp in tps if (gate := self._gates.get(tp)) is not None}
         unread = [tp for tp in tps if positions.get(tp) is None]
         for topic in {tp.topic for tp in unread if tp not in self._idle_positions}:
             wanted = [tp for tp in unread if tp.topic == topic and tp not in self._idle_positions]
             stored = await load_positions(await self.pool(), self.group, topic, [tp.partition for tp in wanted])
-            for tp in wanted:  # no record read since the assignment: its stored position cannot have moved
-                self._idle_positions[tp] = stored.get(tp.partition)
-        never = [tp for tp in unread if self._idle_positions.get(tp) is None]
-        earliest = await self.app.consumer.earliest_offsets(*never) if never else {}
+            # nothing stored: where the group starts (the broker's committed offset, else the earliest record)
+            never = [tp for tp in wanted if tp.partition not in stored]
+            starts = await self._start_offsets(never) if never else {}
+            for tp in wanted:  # no record applied since the assignment: this cannot have moved
+                self._idle_positions[tp] = stored.get(tp.partition, starts.get((tp.topic, tp.partition)))
         for tp in tps:
             position = positions.get(tp)
             if position is None:
                 position = self._idle_positions.get(tp)
-            if position is None:
-                position = earliest.get(tp)  # nothing stored: the group starts at the earliest record
             if position is not None and ends.get(tp) is not None:
                 self.metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
                     max(0, ends[tp] - position))

@@ -17,8 +17,11 @@ sits between faust's stream and the handler (no I/O; the runtime does the seeks 
 - a seek whose first record never came is made again after `RESEEK_SECONDS` (faust's fetch loop can overwrite the
   read offset a seek reset and then silently drop the records read again).
 
-A partition whose consumer has no stored position yet starts where faust starts (the broker's committed offset or
-the earliest one), and the first record sets it.
+A partition whose consumer has no stored position yet starts where faust starts: the broker's committed offset, else
+the earliest one in the log (`start`, looked up by the runtime). The first record applied stores the position. The
+start is not taken from the first record that comes: faust can drop the records fetched around a rebalance, and a
+first record at offset 1 would then pass over offset 0 unseen (a rebalance loop run lost an order.flagged record
+that way, 2026-12-02).
 """
 
 from __future__ import annotations
@@ -41,14 +44,19 @@ class Verdict(enum.Enum):
 class PartitionGate:
     """The state of one partition: its position and the seek in flight, if any."""
 
-    position: int | None  # next offset to apply; None: no stored position (the first record sets it)
+    position: int | None  # next offset to apply, as stored; None: nothing stored yet
+    start: int | None = None  # with nothing stored: where the group starts (None: not known, the first record sets it)
     seek_to: int | None = None  # a seek made to this offset whose first record has not come yet
     jump: int | None = None  # the record beyond the position that made the seek
     sought_at: float = 0.0
     expected: int | None = field(default=None, init=False)  # next offset after records admitted, not yet committed
 
     def next_wanted(self) -> int | None:
-        return self.expected if self.expected is not None else self.position
+        return self.expected if self.expected is not None else self.reached()
+
+    def reached(self) -> int | None:
+        """The next offset to apply as committed: the stored position, else where the group starts."""
+        return self.position if self.position is not None else self.start
 
     def admit(self, offset: int, now: float) -> Verdict:
         """Decide for the record at `offset`; APPLY moves the expected offset past it."""
