@@ -59,8 +59,9 @@ class TinyApp:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
+            # cwd: faust writes its data directory (<app id>-data) there, not into the checkout
             self.proc = subprocess.Popen([sys.executable, __file__], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True, cwd=self.log.parent)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
