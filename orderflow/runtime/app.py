@@ -148,6 +148,7 @@ class Runtime(Service):
         self._assigned_once = False
         self._gates: dict[Any, PartitionGate] = {}
         self._unsent: dict[Any, int] = {}  # positions committed in PostgreSQL, not yet on the broker
+        self._synced: set[Any] = set()  # assigned partitions whose position went to the broker since the assignment
         self._idle_positions: dict[Any, int | None] = {}  # stored positions of assigned partitions not read yet
         self._stalls: dict[Any, tuple[int, float]] = {}  # partition with records waiting -> (position, since)
         self._consumed: set[str] = set()
@@ -271,6 +272,7 @@ class Runtime(Service):
         for tp in assigned:
             self._gates.pop(tp, None)
             self._idle_positions.pop(tp, None)
+            self._synced.discard(tp)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if self._rebalancing_since is None:
@@ -280,6 +282,7 @@ class Runtime(Service):
             self._gates.pop(tp, None)
             self._unsent.pop(tp, None)
             self._idle_positions.pop(tp, None)
+            self._synced.discard(tp)
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(self.group, tp.topic, str(tp.partition))
 
@@ -713,6 +716,10 @@ class Runtime(Service):
             try:
                 if not await faust_adapter.commit(self.app, offsets):
                     log.debug("positions not committed to the broker (rebalancing)")
+                    assigned = self.app.consumer.assignment()
+                    for tp, offset in offsets.items():  # kept for the next try while this worker holds them
+                        if tp in assigned:
+                            self._unsent.setdefault(tp, offset)
             except Exception as exc:  # noqa: BLE001 - only lag figures depend on it; tried again next second
                 log.info("positions not committed to the broker: %s", describe(exc))
                 for tp, offset in offsets.items():
@@ -763,6 +770,11 @@ class Runtime(Service):
             position = positions.get(tp)
             if position is None:
                 position = self._idle_positions.get(tp)
+            if position is not None and tp not in self._synced:
+                # once per assignment: a record applied just before a rebalance may have had its broker commit
+                # dropped with the revocation, and no later record would carry it (lag tools saw 1 left, for ever)
+                self._synced.add(tp)
+                self._unsent.setdefault(tp, position)
             if position is not None and ends.get(tp) is not None:
                 self.metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
                     max(0, ends[tp] - position))
