@@ -77,6 +77,18 @@ class WorkerProcess:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def dump_stacks(self, timeout: float = 5.0) -> None:
+        """Ask a running worker where it is (orderflow/runtime/stacks.py): its asyncio tasks' stacks and its
+        threads' stacks land in its log; returns once both are there, or after `timeout`."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        before = self.log_path.read_bytes().count(b"asyncio task(s)")
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        os.kill(self.proc.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.log_path.read_bytes().count(b"asyncio task(s)") <= before:
+            time.sleep(0.1)  # polling interval of a wait-for-condition loop, not synchronisation
+
     def restart(self) -> WorkerProcess:
         self.kill(signal.SIGKILL)
         return self.start().wait_ready()

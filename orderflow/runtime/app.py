@@ -32,7 +32,7 @@ from faust.types import TP
 from mode import Service
 
 from contracts import ContractError, Event, TopicSpec, decode
-from orderflow.runtime import current, db, faust_adapter, outbox
+from orderflow.runtime import current, db, faust_adapter, outbox, stacks
 from orderflow.runtime.dlq import DeadLetters, Source
 from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify, describe, is_race
 from orderflow.runtime.http import HttpSurface
@@ -214,6 +214,7 @@ class Runtime(Service):
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        stacks.install(asyncio.get_running_loop())
         await self.http.start()
         self.add_future(self.outbox.run())
         self.add_future(self._prune_outbox())

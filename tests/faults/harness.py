@@ -303,6 +303,8 @@ async def settle(stack: FaultStack, run: Run, timeout: float = SETTLE_TIMEOUT) -
         if not problems:
             break
         if time.monotonic() >= deadline:
+            for worker in stack.live():  # where each one is, in its log, before the workers are stopped
+                await asyncio.to_thread(worker.dump_stacks)
             phases = ", ".join(f"{k} {v:.1f}s" for k, v in run.seconds.items())
             raise AssertionError(f"{run.name}: invariants still violated after {timeout:.0f}s (workers dead: "
                                  f"{stack.dead()}; {phases}):\n  " + "\n  ".join(problems[:25]))
