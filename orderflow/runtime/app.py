@@ -149,6 +149,7 @@ class Runtime(Service):
         self._gates: dict[Any, PartitionGate] = {}
         self._unsent: dict[Any, int] = {}  # positions committed in PostgreSQL, not yet on the broker
         self._synced: set[Any] = set()  # assigned partitions whose position went to the broker since the assignment
+        self._broker_at: dict[Any, int] = {}  # what this worker last committed to the broker, per partition it holds
         self._idle_positions: dict[Any, int | None] = {}  # stored positions of assigned partitions not read yet
         self._stalls: dict[Any, tuple[int, float]] = {}  # partition with records waiting -> (position, since)
         self._consumed: set[str] = set()
@@ -274,6 +275,7 @@ class Runtime(Service):
             self._gates.pop(tp, None)
             self._idle_positions.pop(tp, None)
             self._synced.discard(tp)
+            self._broker_at.pop(tp, None)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if self._rebalancing_since is None:
@@ -284,6 +286,7 @@ class Runtime(Service):
             self._unsent.pop(tp, None)
             self._idle_positions.pop(tp, None)
             self._synced.discard(tp)
+            self._broker_at.pop(tp, None)
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(self.group, tp.topic, str(tp.partition))
 
@@ -714,8 +717,16 @@ class Runtime(Service):
             if not self._unsent or self.app.rebalancing:
                 continue
             offsets, self._unsent = self._unsent, {}
+            # never backwards: a position read before an await can be older than one committed meanwhile (a
+            # rebalance loop run committed inventory.deductions[0] at 12, then 10 a second later, and lag tools
+            # saw records left that had been applied)
+            offsets = {tp: offset for tp, offset in offsets.items() if offset > self._broker_at.get(tp, -1)}
+            if not offsets:
+                continue
             try:
-                if not await faust_adapter.commit(self.app, offsets):
+                if await faust_adapter.commit(self.app, offsets):
+                    self._broker_at.update(offsets)
+                else:
                     log.debug("positions not committed to the broker (rebalancing)")
                     assigned = self.app.consumer.assignment()
                     for tp, offset in offsets.items():  # kept for the next try while this worker holds them
@@ -765,21 +776,33 @@ class Runtime(Service):
             # nothing stored: where the group starts (the broker's committed offset, else the earliest record)
             never = [tp for tp in wanted if tp.partition not in stored]
             starts = await self._start_offsets(never) if never else {}
-            for tp in wanted:  # no record applied since the assignment: this cannot have moved
+            for tp in wanted:  # no record applied by this worker since the assignment
                 self._idle_positions[tp] = stored.get(tp.partition, starts.get((tp.topic, tp.partition)))
+        self._sync_broker(tps)
         for tp in tps:
             position = positions.get(tp)
             if position is None:
                 position = self._idle_positions.get(tp)
-            if position is not None and tp not in self._synced:
-                # once per assignment: a record applied just before a rebalance may have had its broker commit
-                # dropped with the revocation, and no later record would carry it (lag tools saw 1 left, for ever)
-                self._synced.add(tp)
-                self._unsent.setdefault(tp, position)
             if position is not None and ends.get(tp) is not None:
                 self.metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
                     max(0, ends[tp] - position))
                 await self._unstall(tp, position, ends[tp])
+
+    def _sync_broker(self, tps: Sequence[Any]) -> None:
+        """Once per assignment, each partition's position goes to the broker: a record applied just before a
+        rebalance may have had its broker commit dropped with the revocation, and no later record would carry it
+        (lag tools saw 1 left for ever). Read now, with no await before `_unsent`: the gate's position is then the
+        newest this worker committed."""
+        for tp in tps:
+            if tp in self._synced:
+                continue
+            gate = self._gates.get(tp)
+            position = gate.reached() if gate is not None else None
+            if position is None:
+                position = self._idle_positions.get(tp)
+            if position is not None:
+                self._synced.add(tp)
+                self._unsent.setdefault(tp, position)
 
     async def _unstall(self, tp: Any, position: int, end: int) -> None:
         """A partition with records waiting whose position has not moved for STALL_SECONDS is read again from it.
