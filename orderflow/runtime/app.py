@@ -38,7 +38,7 @@ from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify,
 from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
 from orderflow.runtime.outbox import BrokerTopics, OutboxRelay
-from orderflow.runtime.positions import PartitionGate, Verdict
+from orderflow.runtime.positions import PartitionGate, Verdict, only_forward
 from orderflow.runtime.probe import OffsetProbe
 from orderflow.runtime.unit import (
     PositionMoved,
@@ -717,10 +717,7 @@ class Runtime(Service):
             if not self._unsent or self.app.rebalancing:
                 continue
             offsets, self._unsent = self._unsent, {}
-            # never backwards: a position read before an await can be older than one committed meanwhile (a
-            # rebalance loop run committed inventory.deductions[0] at 12, then 10 a second later, and lag tools
-            # saw records left that had been applied)
-            offsets = {tp: offset for tp, offset in offsets.items() if offset > self._broker_at.get(tp, -1)}
+            offsets = only_forward(offsets, self._broker_at)
             if not offsets:
                 continue
             try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 RESEEK_SECONDS = 2.0
 
@@ -106,3 +107,10 @@ class PartitionGate:
     def rolled_back(self) -> None:
         """The transaction failed: records admitted since the position will come again (or be re-admitted)."""
         self.expected = None
+
+
+def only_forward(offsets: dict[Any, int], last_committed: dict[Any, int]) -> dict[Any, int]:
+    """The broker commits worth making: those beyond what this worker last committed for each partition. A
+    position read before an await can be older than one committed meanwhile; committing it would move the
+    broker's offset back and lag tools would show applied records as left (seen in rebalance loop runs)."""
+    return {tp: offset for tp, offset in offsets.items() if offset > last_committed.get(tp, -1)}

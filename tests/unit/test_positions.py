@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderflow.runtime.positions import RESEEK_SECONDS, PartitionGate, Verdict
+from orderflow.runtime.positions import RESEEK_SECONDS, PartitionGate, Verdict, only_forward
 
 
 def test_records_from_the_position_on_are_applied_in_order() -> None:
@@ -104,3 +104,10 @@ def test_a_rolled_back_batch_is_admitted_again() -> None:
     assert gate.admit(10, 0.0) is Verdict.APPLY
     gate.rolled_back()
     assert gate.admit(10, 0.0) is Verdict.APPLY
+
+
+def test_broker_commits_only_move_forward() -> None:
+    """Seen in rebalance loop runs: order.flagged[5] committed at 2, then at 1 from a position read earlier."""
+    last = {"a": 2, "b": 5}
+    assert only_forward({"a": 1, "b": 6, "c": 0}, last) == {"b": 6, "c": 0}
+    assert only_forward({"a": 2}, last) == {}
