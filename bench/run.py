@@ -129,6 +129,18 @@ class Bench:
 
     # --- one load phase ---------------------------------------------------------------------------------------
 
+    async def warm_up(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Load at `rate` for `seconds`, then wait for its mails: the broker's JVM compiles its hot paths (C2) in
+        the first minutes under load, which a fresh stack's first phases otherwise pay for. Measured as its own
+        phase ("warm-up"), apart from the figures."""
+        self.meter.start("between")
+        base = await self.mailbox_size()
+        out = await self.phase("warm-up", int(rate * seconds), rate, self.args.phase_timeout)
+        self.meter.switch("warm-up drain")
+        await self.mails(2 * out["committed"], base)
+        self.meter.switch("between")
+        return _public(out)
+
     async def phase(self, name: str, sessions: int, rate: float | None, timeout: float, *,
                     on_load: Callable[[], None] | None = None,
                     after_load: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
@@ -343,8 +355,11 @@ class Bench:
         try:
             database = await self.database_settings()
             log(f"database: {database}")
+            warmup = None
+            if a.warmup_seconds > 0:
+                warmup = await self.warm_up(a.rates[0] if a.rates else 100.0, a.warmup_seconds)
             if a.idle_seconds > 0:
-                self.meter.start("idle")
+                self.meter.switch("idle")
                 log(f"idle: measuring the untouched stack for {a.idle_seconds:g} s")
                 await asyncio.sleep(a.idle_seconds)
             self.meter.switch("between")
@@ -386,10 +401,11 @@ class Bench:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine(),
             "settings": {"burst_orders": a.orders, "rates": a.rates, "rate_seconds": a.rate_seconds,
-                         "idle_seconds": a.idle_seconds, "profile": a.profile,
+                         "idle_seconds": a.idle_seconds, "warmup_seconds": a.warmup_seconds, "profile": a.profile,
                          "workers": sorted(f"{w['name']}-{w['index']}" for w in self.state.get("services", []))},
             "database": database,
             "committed_orders_per_s": burst["committed_orders_per_s"],
+            "warmup": warmup,
             "burst": _public(burst),
             "latency_by_rate": {r: _public(v) for r, v in rates.items()},
             "mails": mails,
@@ -689,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", nargs="*", default=[], metavar="SERVICE=N",
                    help="worker processes per service, for a stack this run starts (like orderflow up --workers)")
     p.add_argument("--idle-seconds", type=float, default=10, help="CPU of the untouched stack before any load")
+    p.add_argument("--warmup-seconds", type=float, default=0,
+                   help="load at the first rate for this long before the idle phase, then wait for its mails: "
+                        "the figures of a warmed-up stack (the broker's JIT done) instead of a fresh one")
     p.add_argument("--settle-seconds", type=float, default=5,
                    help="wait after starting a stack, before the idle measurement")
     p.add_argument("--profile", action="store_true",
