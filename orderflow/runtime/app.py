@@ -148,7 +148,6 @@ class Runtime(Service):
         self._assigned_once = False
         self._gates: dict[Any, PartitionGate] = {}
         self._unsent: dict[Any, int] = {}  # positions committed in PostgreSQL, not yet on the broker
-        self._synced: set[Any] = set()  # assigned partitions whose position went to the broker since the assignment
         self._broker_at: dict[Any, int] = {}  # what this worker last committed to the broker, per partition it holds
         self._idle_positions: dict[Any, int | None] = {}  # stored positions of assigned partitions not read yet
         self._stalls: dict[Any, tuple[int, float]] = {}  # partition with records waiting -> (position, since)
@@ -274,7 +273,6 @@ class Runtime(Service):
         for tp in assigned:
             self._gates.pop(tp, None)
             self._idle_positions.pop(tp, None)
-            self._synced.discard(tp)
             self._broker_at.pop(tp, None)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -285,7 +283,6 @@ class Runtime(Service):
             self._gates.pop(tp, None)
             self._unsent.pop(tp, None)
             self._idle_positions.pop(tp, None)
-            self._synced.discard(tp)
             self._broker_at.pop(tp, None)
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(self.group, tp.topic, str(tp.partition))
@@ -786,20 +783,19 @@ class Runtime(Service):
                 await self._unstall(tp, position, ends[tp])
 
     def _sync_broker(self, tps: Sequence[Any]) -> None:
-        """Once per assignment, each partition's position goes to the broker: a record applied just before a
-        rebalance may have had its broker commit dropped with the revocation, and no later record would carry it
-        (lag tools saw 1 left for ever). Read now, with no await before `_unsent`: the gate's position is then the
-        newest this worker committed."""
+        """Each assigned partition's position goes to the broker once this worker holds it (until a commit is queued
+        or made: `_unsent`, `_broker_at`): a record applied just before a rebalance may have had its broker commit
+        dropped with the revocation, and no later record would carry it (lag tools saw 1 left for ever). Read now,
+        with no await before `_unsent`: the gate's position is then the newest this worker committed."""
         for tp in tps:
-            if tp in self._synced:
+            if tp in self._broker_at or tp in self._unsent:
                 continue
             gate = self._gates.get(tp)
             position = gate.reached() if gate is not None else None
             if position is None:
                 position = self._idle_positions.get(tp)
             if position is not None:
-                self._synced.add(tp)
-                self._unsent.setdefault(tp, position)
+                self._unsent[tp] = position
 
     async def _unstall(self, tp: Any, position: int, end: int) -> None:
         """A partition with records waiting whose position has not moved for STALL_SECONDS is read again from it.
