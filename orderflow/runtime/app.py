@@ -34,7 +34,7 @@ from mode import Service
 from contracts import ContractError, Event, TopicSpec, decode
 from orderflow.runtime import current, db, faust_adapter, outbox, stacks
 from orderflow.runtime.dlq import DeadLetters, Source
-from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, backoff, classify, describe, is_race
+from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, NotCaughtUp, backoff, classify, describe, is_race
 from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
 from orderflow.runtime.outbox import BrokerTopics, OutboxRelay
@@ -80,6 +80,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int | None = None  # the record's timestamp (as its producer set it, by default)
 
     @property
     def source(self) -> Source:
@@ -152,6 +153,8 @@ class Runtime(Service):
         self._idle_positions: dict[Any, int | None] = {}  # stored positions of assigned partitions not read yet
         self._stalls: dict[Any, tuple[int, float]] = {}  # partition with records waiting -> (position, since)
         self._consumed: set[str] = set()
+        self._refusals_wait_for: dict[str, tuple[str, ...]] = {}  # topic -> topics its refusals depend on (consume)
+        self._partition_counts: dict[str, int] = {}
         self._settled: set[tuple[str, ...] | None] = set()  # topics with no replay goal left (then trusted)
         self._waiting: dict[str, str] = {}  # what is waiting on a dependency -> the last error
         self._waiting_since: dict[str, float] = {}
@@ -410,20 +413,25 @@ class Runtime(Service):
                               value_serializer="raw", partitions=self.settings.topic_partitions, acks=False)
 
     def consume(self, spec: TopicSpec, handler: Handler, *, batch: int = 1,
-                after: Sequence[TopicSpec] = ()) -> Handler:
+                after: Sequence[TopicSpec] = (), refusals_wait_for: Sequence[TopicSpec] = ()) -> Handler:
         """Feed `handler(uow, events)` the valid events of each batch, in offset order per partition.
 
         `after`: topics whose replay must be caught up before this one is applied (see `caught_up`).
+        `refusals_wait_for`: topics a refusal (`uow.reject`) depends on; it is final only once they are applied up
+        to the refused record's time (`_refusal_is_final`), else the unit is tried again shortly.
         """
         if spec.name in self._consumed:
             raise ValueError(f"{spec.name} is consumed twice by {self.service}: positions are per (group, topic)")
         self._consumed.add(spec.name)
+        if refusals_wait_for:
+            self._refusals_wait_for[spec.name] = tuple(t.name for t in refusals_wait_for)
 
         first = tuple(t.name for t in after)
 
         async def agent(stream: faust.StreamT) -> None:
             async for events in natural_batches(stream, batch):
-                records = [Record(e.message.tp, e.message.offset, e.key, e.value) for e in events]
+                records = [Record(e.message.tp, e.message.offset, e.key, e.value, _millis(e.message.timestamp))
+                           for e in events]
                 if first:
                     await self.wait_caught_up(first, spec.name)
                 try:
@@ -576,6 +584,8 @@ class Runtime(Service):
                     if classify(exc) is Cause.EVENT:
                         raise EventFailed(exc) from exc
                     raise
+                if uow.rejected and (depends := self._refusals_wait_for.get(spec.name)):
+                    await self._refusal_is_final(uow.conn, depends, [sources[id(e)] for e, _ in uow.rejected])
                 for event, reason in uow.rejected:
                     await self._dead_letter(sources[id(event)], reason, "rejected")
             await store_positions(uow.conn, self.group, writes)
@@ -586,6 +596,35 @@ class Runtime(Service):
                 gate.committed(end)
             self._unsent[tp] = end
             start[tp] = end
+
+    async def _refusal_is_final(self, conn: asyncpg.Connection, topics: Sequence[str],
+                                refused: Sequence[Record]) -> None:
+        """Raise NotCaughtUp unless every record of `topics` written before the refused records is applied, by
+        any worker of this service. An order for a SKU whose restock sits unread in stock.adjusted (a fresh group
+        reading both topics from the start, a stock.adjusted partition behind) is not refused but waits: seen in a
+        SIGKILL test whose restock's partition was slow to get a leader, 585 good orders dead-lettered."""
+        stamps = [r.timestamp_ms for r in refused if r.timestamp_ms is not None]
+        timestamp_ms = max(stamps) if len(stamps) == len(refused) else int(time.time() * 1000)
+        partitions = [(topic, p) for topic in topics for p in range(await self._partition_count(topic))]
+        if self._probe is None:
+            self._probe = OffsetProbe(self._client_options())
+        wanted = await self._probe.offsets_before(partitions, timestamp_ms)
+        positions = await all_positions(conn, self.group, topics)
+        unread = [TP(topic, p) for topic, p in partitions if (topic, p) not in positions]
+        starts = await self._start_offsets(unread) if unread else {}
+        late = current.behind(wanted, positions, starts)
+        if late:
+            raise NotCaughtUp("a refusal waits until " + ", ".join(
+                f"{topic}[{p}] is applied up to {offset} (now {at})"
+                for (topic, p), (at, offset) in sorted(late.items())))
+
+    async def _partition_count(self, topic: str) -> int:
+        if topic not in self._partition_counts:
+            (info,) = await (await self._admin_client()).describe_topics([topic])
+            if info.get("error_code") or not info.get("partitions"):
+                raise NotCaughtUp(f"{topic}: its partitions are not known yet")
+            self._partition_counts[topic] = len(info["partitions"])
+        return self._partition_counts[topic]
 
     async def _dead_letter(self, record: Record, reason: str, kind: str) -> None:
         await self._until_done(f"{record.tp.topic}.dlq", lambda: self.dlq.send(record.source, reason, kind))
@@ -865,6 +904,11 @@ async def natural_batches(stream: faust.StreamT, most: int,
             busy = len(batch) > 1
             yield batch
             batch = []
+
+
+def _millis(timestamp: float | None) -> int | None:
+    """faust's record timestamp (seconds) in milliseconds, as Kafka keeps it."""
+    return int(timestamp * 1000) if timestamp is not None and timestamp >= 0 else None
 
 
 def gate_jump(gate: PartitionGate) -> str:

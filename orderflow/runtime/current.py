@@ -39,16 +39,23 @@ class Probe:
 
 def applied_through(ends: Mapping[Partition, int], positions: Mapping[Partition, int],
                     earliest: Mapping[Partition, int]) -> bool:
-    """True when every partition's stored position has reached its probed end offset.
+    """True when every partition's stored position has reached its probed end offset."""
+    return not behind(ends, positions, earliest)
 
-    A partition with no stored position has never had a record applied: it is current only if it holds nothing to
-    read (its earliest offset is its end), else a record waits in it.
+
+def behind(wanted: Mapping[Partition, int], positions: Mapping[Partition, int],
+           earliest: Mapping[Partition, int]) -> dict[Partition, tuple[int | None, int]]:
+    """The partitions whose stored position has not reached the wanted offset: (position, wanted).
+
+    A partition with no stored position has never had a record applied: it is there only if it holds nothing
+    before the wanted offset (its earliest offset, or where the group starts, is at or past it).
     """
-    for tp, end in ends.items():
+    late: dict[Partition, tuple[int | None, int]] = {}
+    for tp, offset in wanted.items():
         position = positions.get(tp, earliest.get(tp))
-        if position is None or position < end:
-            return False
-    return True
+        if position is None or position < offset:
+            late[tp] = (position, offset)
+    return late
 
 
 class InputsClock:

@@ -56,6 +56,12 @@ class LostRace(Exception):
     """Another worker moved a consumer position (or a row) this transaction expected: roll back and re-read."""
 
 
+class NotCaughtUp(LostRace):
+    """A decision that depends on another topic came before that topic was applied up to the event's time (an
+    order refused for an unknown SKU whose restock waits in stock.adjusted): roll back and decide again shortly.
+    A wait, like a race, never the event's fault."""
+
+
 def sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
 

@@ -10,12 +10,15 @@ come back and pay.
 
 `OffsetProbe` reads one record with a consumer of its own (no group, nothing committed) from the wanted offset.
 Gaps are rare (around rebalances and seeks), so one lazily started consumer per worker answers them one at a time.
+It also answers, as rarely, which offsets of a partition were written before a time (`offsets_before`): a refusal
+that depends on another topic waits until that topic is applied up to the refused record's time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -46,6 +49,18 @@ class OffsetProbe:
                 consumer.unsubscribe()  # no fetching in the background between gaps
             found = [r.offset for r in batch.get(tp) or [] if r.offset >= offset]
             return found[0] if found else None
+
+    async def offsets_before(self, partitions: Sequence[tuple[str, int]],
+                             timestamp_ms: int) -> dict[tuple[str, int], int]:
+        """Per partition, the offset below which its records were written before `timestamp_ms` (by their
+        timestamps): the first record at or after that time, else the partition's end."""
+        tps = [TopicPartition(topic, partition) for topic, partition in partitions]
+        async with self._lock:
+            consumer = await self._started()
+            found = await consumer.offsets_for_times({tp: timestamp_ms for tp in tps})
+            missing = [tp for tp in tps if found.get(tp) is None]
+            ends = await consumer.end_offsets(missing) if missing else {}
+        return {(tp.topic, tp.partition): found[tp].offset if found.get(tp) is not None else ends[tp] for tp in tps}
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -15,9 +15,11 @@ from services.inventory import api, handlers
 def build(settings: Settings) -> Runtime:
     rt = Runtime(settings)
     rt.context = handlers.Context(metrics=handlers.InventoryMetrics(rt.metrics.registry))
-    # After a replay or rebuild, restocks first: an order is never refused for an unknown SKU only because the
-    # replay reached it before the stock.adjusted that created the SKU.
-    rt.consume(topics.ORDER_STATUS, handlers.order_status, batch=1000, after=[topics.STOCK_ADJUSTED])
+    # Restocks first: an order is never refused for an unknown SKU only because order.status was read before the
+    # stock.adjusted that created the SKU: after a replay or rebuild, order.status waits until stock.adjusted caught
+    # up (`after`); at any time, a refusal waits until stock.adjusted is applied up to the order's time.
+    rt.consume(topics.ORDER_STATUS, handlers.order_status, batch=1000, after=[topics.STOCK_ADJUSTED],
+               refusals_wait_for=[topics.STOCK_ADJUSTED])
     rt.consume(topics.STOCK_ADJUSTED, handlers.stock_adjusted, batch=500)
     api.add_routes(rt)
     return rt

@@ -180,6 +180,48 @@ async def test_paid_three_times_shipped_twice_deducts_once_and_cancel_returns_on
             await t.stop()
 
 
+async def test_an_order_read_before_its_restock_waits_for_it_instead_of_being_refused(
+        kafka_bootstrap: str, database_url: str, tmp_path: Path, producer: StorefrontProducer,
+        pg: asyncpg.Connection) -> None:
+    """The SKU is unknown when the order is read, but stock.adjusted holds its restock, written before the order and
+    not applied yet: the refusal waits, paused on /health, and the order is deducted once the restock is applied.
+    A SIGKILL run dead-lettered 585 good orders this way before the wait existed (a restock's partition was slow)."""
+    shop, order = uid("shop"), uid("order")
+    dead = await tail(kafka_bootstrap, topics.ORDER_STATUS.dlq)
+    worker = make_worker("inventory", worker_env(kafka_bootstrap, database_url), tmp_path).start().wait_ready()
+    holder = await asyncpg.connect(database_url, server_settings={"search_path": "inventory"})
+    try:
+        await producer.send(restock(shop, "HELD", set_to=1))
+        await wait_level(pg, shop, "HELD", 1)
+        # stock.adjusted is held behind a row lock, so the restock of LATE, written next, is not applied yet
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT 1 FROM stock WHERE shop_id = $1 AND sku = 'HELD' FOR UPDATE", shop)
+        await producer.send(restock(shop, "HELD", delta=1))
+        await async_wait_for(lambda: pg.fetchval("SELECT count(*) > 0 FROM pg_locks WHERE NOT granted"),
+                             timeout=30, message="stock.adjusted waiting on the row lock")
+        await producer.send(restock(shop, "LATE", set_to=5))
+        await producer.send(order_status(shop, order, OrderStatus.PENDING, {"LATE": 2}))
+
+        def paused() -> str:
+            return worker.client().get("/health").json().get("paused", {}).get(topics.ORDER_STATUS.name, "")
+        reason = await async_wait_for(paused, timeout=30, message="order.status paused for stock.adjusted")
+        assert "a refusal waits until stock.adjusted" in reason
+        assert await pg.fetchval("SELECT count(*) FROM stock_moves WHERE shop_id = $1", shop) == 0
+
+        await lock.rollback()
+        await wait_level(pg, shop, "LATE", 3)
+        await wait_level(pg, shop, "HELD", 2)
+        assert await pg.fetchval("SELECT state FROM order_stock WHERE shop_id = $1 AND order_id = $2",
+                                 shop, order) == "deducted"
+        await async_wait_for(lambda: not paused(), timeout=30, message="order.status going on")
+        assert not [k for k, _, _ in await dead.read(lambda k: k is not None and order.encode() in k)]
+    finally:
+        worker.kill()
+        await holder.close()
+        await dead.stop()
+
+
 async def produce_orders(producer: StorefrontProducer, shop: str, count: int, *, cancel_every: int = 7) -> dict:
     """`count` committed orders (1-3 lines, with duplicate events), every `cancel_every`-th one canceled."""
     expected = {"A": 0, "B": 0, "C": 0}
@@ -228,7 +270,8 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
 
         async def settled() -> bool:
             moves, _ = await ledger_summary(pg, shop)
-            return moves == expected_moves
+            assert moves == expected_moves, f"{moves} stock moves of {expected_moves}"
+            return True
         await async_wait_for(settled, timeout=90, message="every order deducted")
         _, levels = await ledger_summary(pg, shop)
         assert levels == {sku: initial - expected[sku] for sku in "ABC"}

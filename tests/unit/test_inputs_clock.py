@@ -1,6 +1,6 @@
 """The inputs' horizon (orderflow/runtime/current.py): decisions on the clock wait until the inputs are applied."""
 
-from orderflow.runtime.current import PROBE_TIMEOUT_SECONDS, InputsClock, Probe, applied_through
+from orderflow.runtime.current import PROBE_TIMEOUT_SECONDS, InputsClock, Probe, applied_through, behind
 
 ENDS = {("order.placed", 0): 10, ("order.placed", 1): 0, ("checkout.started", 0): 5}
 
@@ -17,6 +17,16 @@ def test_a_partition_never_read_is_current_only_when_empty() -> None:
     assert not applied_through(ENDS, positions, {})  # checkout.started/0: no position, earliest unknown
     assert not applied_through(ENDS, positions, {("checkout.started", 0): 2})  # records 2..4 wait in it
     assert applied_through(ENDS, positions, {("checkout.started", 0): 5})  # retention emptied it
+
+
+def test_behind_names_each_partition_short_of_its_wanted_offset() -> None:
+    wanted = {("stock.adjusted", 0): 4, ("stock.adjusted", 1): 9, ("stock.adjusted", 2): 3}
+    positions = {("stock.adjusted", 0): 4, ("stock.adjusted", 1): 7}
+    assert behind(wanted, positions, {("stock.adjusted", 2): 3}) == {("stock.adjusted", 1): (7, 9)}
+    # no position stored and the group starts before the wanted offset: a record written before it is unread
+    assert behind(wanted, positions, {("stock.adjusted", 2): 1}) == {
+        ("stock.adjusted", 1): (7, 9), ("stock.adjusted", 2): (1, 3)}
+    assert behind(wanted, positions, {})[("stock.adjusted", 2)] == (None, 3)
 
 
 def test_the_horizon_moves_to_the_probe_once_its_ends_are_applied() -> None:
