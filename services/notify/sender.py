@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any, Literal
 
 import aiosmtplib
@@ -41,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from orderflow import mailaddr
 from orderflow.settings import Settings
 from services.notify import core, repository
-from services.notify.render import InvalidRecipient, Rendered, build_message, render
+from services.notify.render import InvalidRecipient, OutgoingMail, Rendered, build_message, render
 from services.notify.repository import ClaimedMail
 
 log = logging.getLogger(__name__)
@@ -383,7 +382,7 @@ class MailSender:
                 delay = min(delay * 2, 2.0)
 
     async def _prepare(self, pool: asyncpg.Pool, mail: ClaimedMail,
-                       shop: repository.Shop | None) -> EmailMessage | None:
+                       shop: repository.Shop | None) -> OutgoingMail | None:
         """Render on the first attempt (stored, so a re-send is the same mail); None when it must wait or failed."""
         waited = (datetime.now(UTC) - mail.created_at).total_seconds()
         try:
@@ -482,11 +481,11 @@ class MailSender:
                         s.smtp_port)
         return False
 
-    async def _send(self, message: EmailMessage) -> None:
+    async def _send(self, message: OutgoingMail) -> None:
         smtp = await self._connection()
         started = time.perf_counter()
         try:
-            await smtp.send_message(message, sender=self._envelope_from)
+            await smtp.sendmail(self._envelope_from, [message.to_addr], message.data)
         except (aiosmtplib.SMTPException, OSError) as exc:
             self._drop()  # whatever state the session is in, the next mail starts on a fresh one
             if isinstance(exc, OSError) and not isinstance(exc, aiosmtplib.SMTPException):

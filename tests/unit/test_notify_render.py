@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from email import message_from_bytes
+from email.header import decode_header, make_header
 from email.policy import default
+from email.utils import parseaddr
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.notify import render
 
@@ -91,3 +95,49 @@ def test_message_is_multipart_alternative_with_both_parts() -> None:
     assert parsed.get_content_type() == "multipart/alternative"
     assert parsed.get_body(("plain",)) is not None and parsed.get_body(("html",)) is not None
     assert str(parsed["Message-ID"]) == "<m@orderflow>" and str(parsed["Reply-To"]) == "m@shop.test"
+
+
+def _round_trip(subject: str, shop: str, text: str, html: str, unsubscribe: str | None = None):
+    msg = render.build_message(render.Rendered(subject, text, html), to_addr="ada@example.com",
+                               from_addr="Shop <orders@shop.example>", from_name=shop, message_id="<m@orderflow>",
+                               unsubscribe_url=unsubscribe)
+    return msg, parse(msg)
+
+
+def _display_name(msg: render.OutgoingMail) -> str:
+    """From's display name as RFC 2047 reads it: the whitespace between two encoded words is not text (the email
+    package's address parser keeps it; mail clients do not)."""
+    name, _ = parseaddr(msg.header("From"))
+    return str(make_header(decode_header(name)))
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400)
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=_TEXT, shop=_TEXT, text=_TEXT, html=_TEXT)
+def test_what_the_email_package_reads_back_is_what_was_written(subject: str, shop: str, text: str,
+                                                               html: str) -> None:
+    """build_message writes the MIME itself (for speed); the email package must read every part back unchanged,
+    whatever the text: non-ASCII, CR/LF inside, lines of any length, things that look like encoded words."""
+    msg, parsed = _round_trip(subject, shop, text, html)
+    assert not parsed.defects and all(not part.defects for part in parsed.walk())
+    assert str(parsed["Subject"]) == render.header_safe(subject)
+    assert _display_name(msg) == (render.header_safe(shop, 100) or "Shop")  # blank: MAIL_FROM's name
+    assert parsed["From"].addresses[0].addr_spec == "orders@shop.example"
+    plain, rich = parsed.get_body(("plain",)), parsed.get_body(("html",))
+    assert plain.get_content().replace("\r\n", "\n") == text.replace("\r\n", "\n")
+    assert rich.get_content().replace("\r\n", "\n") == html.replace("\r\n", "\n")
+    lines = msg.data.split(b"\r\n")
+    assert all(len(line) <= 998 for line in lines) and b"\n" not in msg.data.replace(b"\r\n", b"")
+    assert msg.data.isascii()
+
+
+def test_a_long_french_subject_is_folded_into_encoded_words_that_read_back_whole() -> None:
+    subject = "Boutique Hélène : votre commande n° 1001 a été expédiée, elle arrivera très bientôt chez vous"
+    msg, parsed = _round_trip(subject, "Boutique Hélène", "Bonjour Zoë,\n", "<p>Bonjour Zoë</p>")
+    head = msg.data.split(b"\r\n\r\n")[0]
+    assert all(len(line) <= 78 for line in head.split(b"\r\n") if not line.startswith(b"List-Unsubscribe"))
+    assert str(parsed["Subject"]) == subject
+    assert parsed["From"].addresses[0].display_name == "Boutique Hélène"
+    assert msg.header("Message-ID") == "<m@orderflow>" and parsed["To"].addresses[0].addr_spec == "ada@example.com"

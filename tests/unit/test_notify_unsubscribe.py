@@ -33,16 +33,15 @@ def test_recovery_mail_shows_the_unsubscribe_link_and_carries_one_click_headers(
     assert UNSUBSCRIBE.replace("&", "&amp;") in rendered.html
     msg = build_message(rendered, to_addr="ada@example.com", from_addr="shop@example.com", from_name="Shop",
                         message_id="<x@orderflow>", unsubscribe_url=mail.context["unsubscribe_url"])
-    assert msg["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>"
-    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert f"<{UNSUBSCRIBE}>" in msg.as_string().replace("\r\n ", " ").replace("\n ", " ") or \
-        UNSUBSCRIBE in msg.as_string()
+    assert msg.header("List-Unsubscribe") == f"<{UNSUBSCRIBE}>"
+    assert msg.header("List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
+    assert f"List-Unsubscribe: <{UNSUBSCRIBE}>\r\n".encode() in msg.data  # on one line: mail clients read a link
 
 
 def test_a_mail_without_a_link_has_no_unsubscribe_header_and_an_old_context_still_renders() -> None:
     msg = build_message(Rendered("s", "t", "<p>h</p>"), to_addr="ada@example.com", from_addr="shop@example.com",
                         from_name="Shop", message_id="<x@orderflow>")
-    assert msg["List-Unsubscribe"] is None and msg["List-Unsubscribe-Post"] is None
+    assert msg.header("List-Unsubscribe") is None and msg.header("List-Unsubscribe-Post") is None
     (mail,) = mails_for_abandoned(abandoned(0, None))
     old = {k: v for k, v in mail.context.items() if k != "unsubscribe_url"}  # stored before reminders existed
     assert "Unsubscribe" not in render("recovery", old, "Shop").text
