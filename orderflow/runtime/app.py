@@ -34,7 +34,16 @@ from mode import Service
 from contracts import ContractError, Event, TopicSpec, decode
 from orderflow.runtime import current, db, faust_adapter, outbox, stacks
 from orderflow.runtime.dlq import DeadLetters, Source
-from orderflow.runtime.failures import EVENT_ATTEMPTS, Cause, NotCaughtUp, backoff, classify, describe, is_race
+from orderflow.runtime.failures import (
+    EVENT_ATTEMPTS,
+    Cause,
+    NotCaughtUp,
+    Redecide,
+    backoff,
+    classify,
+    describe,
+    is_race,
+)
 from orderflow.runtime.http import HttpSurface
 from orderflow.runtime.metrics import RuntimeMetrics
 from orderflow.runtime.outbox import BrokerTopics, OutboxRelay
@@ -154,6 +163,7 @@ class Runtime(Service):
         self._stalls: dict[Any, tuple[int, float]] = {}  # partition with records waiting -> (position, since)
         self._consumed: set[str] = set()
         self._refusals_wait_for: dict[str, tuple[str, ...]] = {}  # topic -> topics its refusals depend on (consume)
+        self._refusals_verified: dict[str, int] = {}  # topic -> record time (ms) up to which those are known applied
         self._partition_counts: dict[str, int] = {}
         self._settled: set[tuple[str, ...] | None] = set()  # topics with no replay goal left (then trusted)
         self._waiting: dict[str, str] = {}  # what is waiting on a dependency -> the last error
@@ -354,6 +364,8 @@ class Runtime(Service):
                         await outbox.stage(conn, uow.staged)
             except (asyncio.CancelledError, PositionMoved):
                 raise
+            except Redecide:
+                continue  # rolled back; once, at once: what it waited for is now known
             except Exception as exc:
                 if classify(exc) is Cause.EVENT or (not wait_for_dependencies and attempt >= attempts):
                     raise
@@ -577,6 +589,7 @@ class Runtime(Service):
         writes = [PositionWrite(tp.topic, tp.partition, start.get(tp), end) for tp, end in ends.items()]
 
         async def work(uow: UnitOfWork) -> None:
+            verified = self._refusals_verified.get(spec.name, -1)  # known before this attempt's reads (see below)
             if events:
                 try:
                     await handler(uow, events)
@@ -585,7 +598,8 @@ class Runtime(Service):
                         raise EventFailed(exc) from exc
                     raise
                 if uow.rejected and (depends := self._refusals_wait_for.get(spec.name)):
-                    await self._refusal_is_final(uow.conn, depends, [sources[id(e)] for e, _ in uow.rejected])
+                    await self._refusal_is_final(uow.conn, spec.name, depends,
+                                                 [sources[id(e)] for e, _ in uow.rejected], verified)
                 for event, reason in uow.rejected:
                     await self._dead_letter(sources[id(event)], reason, "rejected")
             await store_positions(uow.conn, self.group, writes)
@@ -597,26 +611,34 @@ class Runtime(Service):
             self._unsent[tp] = end
             start[tp] = end
 
-    async def _refusal_is_final(self, conn: asyncpg.Connection, topics: Sequence[str],
-                                refused: Sequence[Record]) -> None:
-        """Raise NotCaughtUp unless every record of `topics` written before the refused records is applied, by
-        any worker of this service. An order for a SKU whose restock sits unread in stock.adjusted (a fresh group
-        reading both topics from the start, a stock.adjusted partition behind) is not refused but waits: seen in a
-        SIGKILL test whose restock's partition was slow to get a leader, 585 good orders dead-lettered."""
-        stamps = [r.timestamp_ms for r in refused if r.timestamp_ms is not None]
-        timestamp_ms = max(stamps) if len(stamps) == len(refused) else int(time.time() * 1000)
-        partitions = [(topic, p) for topic in topics for p in range(await self._partition_count(topic))]
+    async def _refusal_is_final(self, conn: asyncpg.Connection, topic: str, depends: Sequence[str],
+                                refused: Sequence[Record], verified: int) -> None:
+        """Raise unless every record of `depends` written before the refused records was applied, by any worker of
+        this service, before the decision read its data. An order for a SKU whose restock sits unread in
+        stock.adjusted (a fresh group reading both topics from the start, a stock.adjusted partition behind) is not
+        refused but waits: seen in a SIGKILL test whose restock's partition was slow, 585 good orders dead-lettered.
+
+        `verified`: the record time up to which `depends` was known applied when this attempt began. Found applied
+        only now, the restock may have been committed after the handler read the stock (seen: 86 orders refused in
+        one batch whose check passed), so the unit is decided again at once (`Redecide`), and that attempt's
+        refusals are final. NotCaughtUp waits with backoff. A record without a timestamp is not held."""
+        timestamp_ms = max(r.timestamp_ms or 0 for r in refused)
+        if timestamp_ms <= verified:
+            return
+        partitions = [(name, p) for name in depends for p in range(await self._partition_count(name))]
         if self._probe is None:
             self._probe = OffsetProbe(self._client_options())
         wanted = await self._probe.offsets_before(partitions, timestamp_ms)
-        positions = await all_positions(conn, self.group, topics)
-        unread = [TP(topic, p) for topic, p in partitions if (topic, p) not in positions]
+        positions = await all_positions(conn, self.group, depends)
+        unread = [TP(name, p) for name, p in partitions if (name, p) not in positions]
         starts = await self._start_offsets(unread) if unread else {}
         late = current.behind(wanted, positions, starts)
         if late:
             raise NotCaughtUp("a refusal waits until " + ", ".join(
-                f"{topic}[{p}] is applied up to {offset} (now {at})"
-                for (topic, p), (at, offset) in sorted(late.items())))
+                f"{name}[{p}] is applied up to {offset} (now {at})"
+                for (name, p), (at, offset) in sorted(late.items())))
+        self._refusals_verified[topic] = max(self._refusals_verified.get(topic, -1), timestamp_ms)
+        raise Redecide(f"{', '.join(depends)} found applied up to the refused records: deciding again")
 
     async def _partition_count(self, topic: str) -> int:
         if topic not in self._partition_counts:

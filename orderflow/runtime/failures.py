@@ -62,6 +62,11 @@ class NotCaughtUp(LostRace):
     A wait, like a race, never the event's fault."""
 
 
+class Redecide(LostRace):
+    """What a refusal depends on was found applied, but perhaps after the decision read its data: roll back and
+    decide again at once (`Runtime._refusal_is_final`)."""
+
+
 def sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
 
