@@ -895,11 +895,11 @@ class Runtime(Service):
 LINGER_SECONDS = 0.04
 """Under load, how long a batch may wait for more events once the stream's queue ran dry (producers' linger.ms).
 
-Each unit pays BEGIN, the positions' UPDATE and COMMIT round trips (a sixth of the cart's samples in a burst
-profile), so fewer, fuller units are the cheapest events. Measured with `bench/run.py --orders 3000 --rate-seconds
-10 --idle-seconds 20`, one run each on the same quiet machine: 40 ms against 10 ms gave a burst of 380 against 239
-committed orders/s, a replay of 3,613 against 1,264 events/s, and a p50 at 100 orders/s of 407 against 339 ms. A
-lone event after a quiet spell never waits (see `natural_batches`)."""
+Each unit pays BEGIN, the positions' UPDATE and COMMIT round trips (18 % of the cart's samples in a burst profile),
+so fewer, fuller units are the cheapest events. `bench/run.py --orders 3000 --rate-seconds 10 --idle-seconds 20`,
+two runs each on the same quiet machine: with 40 ms the cart used 40-44 CPU seconds per run against 55-61 with 10 ms,
+PostgreSQL 29-33 against 47-51; bursts of 380 and 265 committed orders/s against 239 (rates vary ~40 % between
+runs here). A lone event after a quiet spell never waits (see `natural_batches`)."""
 
 
 async def natural_batches(stream: faust.StreamT, most: int,
