@@ -641,12 +641,18 @@ class Runtime(Service):
         raise Redecide(f"{', '.join(depends)} found applied up to the refused records: deciding again")
 
     async def _partition_count(self, topic: str) -> int:
-        if topic not in self._partition_counts:
-            (info,) = await (await self._admin_client()).describe_topics([topic])
-            if info.get("error_code") or not info.get("partitions"):
-                raise NotCaughtUp(f"{topic}: its partitions are not known yet")
-            self._partition_counts[topic] = len(info["partitions"])
+        if topic not in await self._learn_partition_counts([topic]):
+            raise NotCaughtUp(f"{topic}: its partitions are not known yet")
         return self._partition_counts[topic]
+
+    async def _learn_partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        """Partitions per topic, asked of the broker once per topic (a topic not created yet is asked again)."""
+        missing = sorted(set(topics) - self._partition_counts.keys())
+        if missing:
+            for info in await (await self._admin_client()).describe_topics(missing):
+                if not info.get("error_code") and info.get("partitions"):
+                    self._partition_counts[info["topic"]] = len(info["partitions"])
+        return self._partition_counts
 
     async def _dead_letter(self, record: Record, reason: str, kind: str) -> None:
         await self._until_done(f"{record.tp.topic}.dlq", lambda: self.dlq.send(record.source, reason, kind))
@@ -690,12 +696,11 @@ class Runtime(Service):
 
     async def _probe_inputs(self, clock: current.InputsClock) -> None:
         starts: dict[current.Partition, int] = {}  # where reading starts on partitions with no stored position
-        counts: dict[str, int] = {}  # partitions per input topic
         while not self.should_stop:
             await self.sleep(current.PROBE_SECONDS)
             started = time.time()
             try:
-                tps = await self._input_partitions(counts)
+                tps = await self._input_partitions()
                 if tps and clock.wants_probe(started):
                     ends = await self.app.consumer.highwaters(*tps)
                     clock.probed(current.Probe(started, {(tp.topic, tp.partition): e for tp, e in ends.items()}),
@@ -750,13 +755,9 @@ class Runtime(Service):
         earliest = await self.app.consumer.earliest_offsets(*rest) if rest else {}
         return {**found, **{(tp.topic, tp.partition): offset for tp, offset in earliest.items()}}
 
-    async def _input_partitions(self, known: dict[str, int]) -> list[Any]:
-        """Every partition of every input topic (`known`: partition counts, read from the broker once)."""
-        missing = sorted(self._consumed - known.keys())
-        if missing:
-            for info in await (await self._admin_client()).describe_topics(missing):
-                if not info.get("error_code") and info.get("partitions"):
-                    known[info["topic"]] = len(info["partitions"])
+    async def _input_partitions(self) -> list[Any]:
+        """Every partition of every input topic."""
+        known = await self._learn_partition_counts(sorted(self._consumed))
         if self._consumed - known.keys():
             return []  # a topic not known yet: no probe can cover every partition
         return [TP(topic, p) for topic in sorted(self._consumed) for p in range(known[topic])]
