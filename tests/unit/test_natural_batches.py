@@ -1,0 +1,69 @@
+"""`natural_batches`: what faust has buffered comes as one batch, in order, capped, and stale records are dropped.
+
+Driven through faust's own agent test context (memory store, no broker): the events are put on the agent's channel
+before its task runs, as a fetch of several records would be.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from orderflow.runtime.app import natural_batches
+from tests.helpers import async_wait_for
+
+
+def _app_and_agent(most: int) -> tuple[faust.App, Any, list[list[bytes]]]:
+    app = faust.App(f"batches-test-{most}", broker="kafka://127.0.0.1:1", store="memory://")
+    topic = app.topic("t", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                      acks=False)
+    batches: list[list[bytes]] = []
+
+    @app.agent(topic)
+    async def agent(stream: faust.StreamT) -> None:
+        async for batch in natural_batches(stream, most, linger=0.0):
+            batches.append([event.value for event in batch])
+
+    return app, agent, batches
+
+
+async def _put(context: Any, values: list[bytes]) -> list[faust.EventT]:
+    return [await context.put(value, key=b"k", wait=False) for value in values]
+
+
+async def test_what_is_buffered_comes_as_one_batch_in_offset_order() -> None:
+    _, agent, batches = _app_and_agent(most=100)
+    values = [str(i).encode() for i in range(10)]
+    async with agent.test_context() as context:
+        await _put(context, values)
+        await async_wait_for(lambda: sum(map(len, batches)) >= len(values), timeout=5, message="all handed over")
+    assert batches == [values]
+
+
+async def test_a_batch_never_holds_more_than_most() -> None:
+    _, agent, batches = _app_and_agent(most=4)
+    values = [str(i).encode() for i in range(10)]
+    async with agent.test_context() as context:
+        await _put(context, values)
+        await async_wait_for(lambda: sum(map(len, batches)) >= len(values), timeout=5, message="all handed over")
+    assert batches == [values[0:4], values[4:8], values[8:10]]
+
+
+async def test_records_fetched_before_a_rebalance_are_dropped_from_the_bulk_take() -> None:
+    app, agent, batches = _app_and_agent(most=100)
+    async with agent.test_context() as context:
+        events = await _put(context, [b"a", b"stale", b"c"])
+        events[1].message.generation_id = app.consumer_generation_id - 1  # fetched in an earlier generation
+        await async_wait_for(lambda: sum(map(len, batches)) >= 2, timeout=5, message="the current ones handed over")
+    assert batches == [[b"a", b"c"]]
+
+
+async def test_events_arriving_one_at_a_time_come_one_at_a_time() -> None:
+    """A quiet stream's lone event is handed over at once, not held for company."""
+    _, agent, batches = _app_and_agent(most=100)
+    async with agent.test_context() as context:
+        for value in (b"x", b"y"):
+            await _put(context, [value])
+            await async_wait_for(lambda v=value: batches and batches[-1] == [v], timeout=5, message="handed over")
+    assert batches == [[b"x"], [b"y"]]
