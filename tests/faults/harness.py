@@ -289,13 +289,16 @@ async def play(stack: FaultStack, name: str, seed: int, fault: Callable[[], Awai
 
 
 async def settle(stack: FaultStack, run: Run, timeout: float = SETTLE_TIMEOUT) -> Observed:
-    """Poll until the system is at rest (no lag, outboxes drained, mails sent, no checkout watched) and every
-    invariant holds; then check the topics once. Fails with what still differs at the deadline."""
+    """Poll until the system is at rest (no lag, outboxes drained, mails sent and their states published, no
+    checkout watched) and every invariant holds; then check the topics once. Fails with what still differs at the
+    deadline."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            lag = await stack.lag()
+            # quiet first, then the lag: an event staged and relayed between the two readings is then counted as
+            # lag (read the other way round, it would be in neither, its consumer not yet past it)
             observed = await observe(stack.database_url, run.scenario.namespace, stack.mailsink.messages())
+            lag = await stack.lag()
             problems = [f"consumer lag {lag}"] if lag else []  # lasting lag: a worker stuck on a partition
             problems += quiet(observed) + check(run.scenario, observed, duplicates_allowed=run.duplicates_allowed)
         except UNREACHABLE as exc:

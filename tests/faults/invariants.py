@@ -147,6 +147,9 @@ async def observe(database_url: str, namespace: str, sink_messages: Sequence[dic
         mails = await conn.fetch("SELECT ref, kind, state, message_id, last_error FROM notify.mails "
                                  "WHERE starts_with(shop_id, $1)", prefix)
         seen.mail_rows = {(r["ref"], r["kind"]): (r["state"], r["message_id"], r["last_error"]) for r in mails}
+        # a mail's change the status feed has not staged yet (it looks once a second): mail.status still to come
+        seen.unpublished["notify mail.status feed"] = await conn.fetchval(
+            "SELECT count(*) FROM notify.mails WHERE starts_with(shop_id, $1) AND status_unpublished", prefix)
         for schema in SCHEMAS:
             seen.unpublished[schema] = await conn.fetchval(
                 f'SELECT count(*) FROM "{schema}".outbox WHERE published_at IS NULL '

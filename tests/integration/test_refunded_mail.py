@@ -144,7 +144,15 @@ async def test_one_refunded_mail_per_refund_in_french_and_none_again_on_replay(
     [new_order] = mailsink.messages(to=merchant)
     assert f"Total : 45,00{EUR}" in new_order["text"] and "nouvelle commande" in new_order["subject"]
 
-    # The back office shows the French shop's order in French, amounts as French writes them.
+    # The back office shows the French shop's order in French, amounts as French writes them. The page's language
+    # is orders' copy of shop.settings, a topic orders reads apart from order.placed: wait for it, not for notify's.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await async_wait_for(
+            lambda: conn.fetchval("SELECT locale = 'fr' FROM orders.shops WHERE shop_id = $1", order.shop_id),
+            timeout=30, message="orders to know the shop is French", interval=0.2)
+    finally:
+        await conn.close()
     async with httpx.AsyncClient(base_url=orders_worker.url) as web:
         login = await web.post("/backoffice/login", data={"token": orders_worker.token})
         assert login.status_code in (200, 303), login.text

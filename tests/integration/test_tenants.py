@@ -247,8 +247,9 @@ async def test_a_cart_is_intact_after_b_reuses_its_cart_id(
                                       items=a_items))
     await producer.send(c.CheckoutStarted(**envelope(a.id), cart_id=cart_id, customer=alice, items=a_items,
                                           total_cents=1800, currency="EUR"))
-    await producer.send(c.CartUpdated(**envelope(b.id), cart_id=cart_id, customer=c.CartCustomer(**bob.model_dump()),
-                                      items=b_items))
+    b_cart = await (await producer.send_soon(c.CartUpdated(**envelope(b.id), cart_id=cart_id,
+                                                           customer=c.CartCustomer(**bob.model_dump()),
+                                                           items=b_items)))
     await producer.send(c.OrderPlaced(**envelope(b.id), order_id="1001", cart_id=cart_id, customer=bob,
                                       items=[c.OrderItem(sku="TEE", name="Tee", quantity=5, unit_price_cents=1500)],
                                       total_cents=7500, currency="EUR",
@@ -267,6 +268,17 @@ async def test_a_cart_is_intact_after_b_reuses_its_cart_id(
             return found is not None and found["status"] == "ordered"
 
         await async_wait_for(b_ordered, timeout=TIMEOUT, message="B's cart emptied by B's order")
+
+        # B's cart may be "ordered" from order.placed alone (another topic) before either cart.updated is applied;
+        # both snapshots share one partition (same key), A's first: wait until cart's position is past B's
+        async def both_snapshots_applied() -> bool:
+            applied = await pg.fetchval(
+                "SELECT next_offset FROM cart.consumer_positions WHERE consumer = $1 AND topic = $2 "
+                "AND partition = $3", f"{stack['cart'].env['ORDERFLOW_APP_ID_PREFIX']}-cart",
+                topics.CART_UPDATED.name, b_cart.partition)
+            return applied is not None and applied > b_cart.offset
+
+        await async_wait_for(both_snapshots_applied, timeout=TIMEOUT, message="both shops' cart.updated applied")
         mine = await cart_of(b)
         assert mine["order_id"] == "1001" and mine["ordered_items"][0]["sku"] == "TEE"
         theirs = await cart_of(a)
