@@ -283,9 +283,11 @@ class Bench:
                 first_at = time.monotonic()
             return n
 
+        finished: float | None = None
         try:
             done, ok = await poll(done_so_far, lambda n: n >= total or proc.poll() is not None,
                                   self.args.phase_timeout, interval=0.5)
+            finished = time.monotonic()  # not after the worker's stop below: that is no part of the replay
         finally:
             await admin.close()
             exited = proc.poll()  # before our own terminate: did the worker stop by itself?
@@ -294,7 +296,7 @@ class Bench:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        elapsed = time.monotonic() - (first_at or started)
+        elapsed = (finished or time.monotonic()) - (first_at or started)
         out = {"events": done, "topic_events": total, "caught_up": done >= total, "seconds": round(elapsed, 2),
                "events_per_s": round(done / elapsed, 1) if elapsed and done else None,
                "startup_seconds": round((first_at or started) - started, 2), "log": str(log_path)}

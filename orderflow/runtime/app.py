@@ -941,17 +941,21 @@ async def natural_batches(stream: faust.StreamT, most: int,
     async for event in stream.events():
         began = loop.time()
         batch = [event]
-        take_buffered(stream, batch, most)
-        if len(batch) < most:
+        still_open = take_buffered(stream, batch, most)
+        if still_open and len(batch) < most:
             # a linger under load (as a producer's linger.ms), else one turn for a fetch being queued
             await asyncio.sleep(max(0.0, began + linger - loop.time()) if busy else 0)
-            take_buffered(stream, batch, most)
+            still_open = take_buffered(stream, batch, most)
         busy = len(batch) > 1
         yield batch
+        if not still_open:
+            return  # the channel was closed (the worker stops): as faust's stream, the iteration ends
 
 
-def take_buffered(stream: faust.StreamT, batch: list[faust.EventT], most: int) -> None:
-    """Move the events the stream's channel holds right now into `batch`, up to `most` in all.
+def take_buffered(stream: faust.StreamT, batch: list[faust.EventT], most: int) -> bool:
+    """Move the events the stream's channel holds right now into `batch`, up to `most` in all; False once the
+    channel was closed (faust throws StopAsyncIteration into it when the worker stops; raised out of an async
+    generator it became a RuntimeError that crashed the agent and held the worker's shutdown until it was killed).
 
     The faster path through faust the speed issue asks for: faust's stream spends an event-loop turn
     (`sleep(0)`), its sensors and a context variable on every event, which at 100 orders/s was most of the
@@ -965,9 +969,13 @@ def take_buffered(stream: faust.StreamT, batch: list[faust.EventT], most: int) -
     generation = app.consumer_generation_id
     active = app.flow_control.is_active()
     while len(batch) < most and not queue.empty():
-        event = queue.get_nowait()
+        try:
+            event = queue.get_nowait()
+        except StopAsyncIteration:
+            return False
         if active and event.message.generation_id == generation:
             batch.append(event)
+    return True
 
 
 def _millis(timestamp: float | None) -> int | None:

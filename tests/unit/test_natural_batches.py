@@ -67,3 +67,26 @@ async def test_events_arriving_one_at_a_time_come_one_at_a_time() -> None:
             await _put(context, [value])
             await async_wait_for(lambda v=value: batches and batches[-1] == [v], timeout=5, message="handed over")
     assert batches == [[b"x"], [b"y"]]
+
+
+async def test_a_channel_closed_while_taking_ends_the_take_instead_of_raising() -> None:
+    """faust closes a channel by throwing StopAsyncIteration into its queue when the worker stops; raised out of
+    `natural_batches` (an async generator) it became a RuntimeError that crashed the agent and held the stop."""
+    from types import SimpleNamespace
+
+    from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+    from orderflow.runtime.app import take_buffered
+
+    queue: ThrowableQueue = ThrowableQueue(flow_control=FlowControlEvent())
+    events = [SimpleNamespace(message=SimpleNamespace(generation_id=3)) for _ in range(2)]
+    for event in events:
+        queue.put_nowait(event)
+    await queue.throw(StopAsyncIteration())
+    stream = SimpleNamespace(channel=SimpleNamespace(queue=queue),
+                             app=SimpleNamespace(consumer_generation_id=3,
+                                                 flow_control=SimpleNamespace(is_active=lambda: True)))
+    batch: list = []
+    assert take_buffered(stream, batch, 10) is False  # type: ignore[arg-type]
+    assert batch == []  # the close comes first (as in faust's stream): what was queued is read again by its next owner
+
