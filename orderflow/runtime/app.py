@@ -186,6 +186,7 @@ class Runtime(Service):
                                lambda topic, kind: self.metrics.dead_letters.labels(topic, kind).inc())
         self.outbox = OutboxRelay(self.pool, settings.service, self._send_soon,
                                   on_published=self.metrics.outbox_published.inc,
+                                  on_round=self.metrics.outbox_rounds.inc,
                                   topic_exists=BrokerTopics.from_settings(settings))
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.on_partitions_revoked.connect(self._on_revoked)

@@ -47,6 +47,8 @@ class RuntimeMetrics:
                                    "Records dropped as below their stored consumer position (applied already)",
                                    ["topic"], registry=r)
         self.outbox_published = Counter("orderflow_outbox_published_total", "Events relayed to Kafka", registry=r)
+        self.outbox_rounds = Counter("orderflow_outbox_rounds_total",
+                                     "Relay rounds that published or parked rows (each one transaction)", registry=r)
         self.outbox_depth = Gauge("orderflow_outbox_depth", "Events staged but not yet relayed", registry=r)
         self.outbox_parked = Gauge("orderflow_outbox_parked",
                                    "Outbox rows parked: never publishable as they are (orderflow outbox list)",

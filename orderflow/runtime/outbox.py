@@ -138,6 +138,7 @@ class OutboxRelay:
     def __init__(self, pool_factory: Callable[[], Awaitable[asyncpg.Pool]], schema: str, send: Send,
                  *, batch: int = 500, idle_poll: float = 5.0, busy_retry: float = 0.25,
                  on_published: Callable[[int], None] | None = None, on_parked: Callable[[int], None] | None = None,
+                 on_round: Callable[[], None] | None = None,
                  topic_exists: TopicExists | None = None,
                  metadata_wait: float = 30.0, max_backoff: float = 10.0):
         """`topic_exists` bounds the wait for a topic's metadata: a row not queued within `metadata_wait` seconds
@@ -154,6 +155,7 @@ class OutboxRelay:
         self._batch = batch
         self._idle_poll = idle_poll
         self._busy_retry = busy_retry
+        self._on_round = on_round or (lambda: None)  # a round that published or parked rows
         self._lock_busy = False
         self._wake = asyncio.Event()
         self._on_published = on_published or (lambda n: None)
@@ -239,6 +241,8 @@ class OutboxRelay:
             ) if len(rows) == self._batch else 0
         for row_id, reason in parked:
             log.error("outbox row %s parked: %s (orderflow outbox list %s)", row_id, reason, self._schema)
+        if plan.published or parked:
+            self._on_round()
         if plan.published:
             self._on_published(len(plan.published))
         if parked:
