@@ -159,9 +159,10 @@ class KafkaHandle:
         if not java:
             raise InfraError("Java 17 is needed to run the Kafka broker: apt-get install -y openjdk-17-jre-headless")
         # C1 only (TieredStopAtLevel=1): on this 2-core machine shared with every service, C2's compiling cost
-        # more than its faster code saved at these volumes. bench/run.py, same code otherwise: the broker used 15.6
-        # CPU seconds per fresh run against 21.7-23.9 (idle 3.3 % of a core against 5.6-6.3 %); after a 30 s
-        # warm-up, 2.5 % idle against 3.9 %, 22.7 % at 100 orders/s against 25.1 %, 12.3 % at 500 against 20.6 %.
+        # more than its faster code saved at these volumes. bench/run.py: the broker used 15.5-15.7 CPU seconds per
+        # fresh run in three runs against 16.5-24.0 in five before (idle 3.3-4.7 % of a core against 5.6-6.3 %);
+        # after a 30 s warm-up, 2.5 % idle against 3.9 %, 22.7 % at 100 orders/s against 25.1 %, 12.3 % at 500
+        # against 20.6 % (README, benchmark figures).
         return [java, "-Xmx512m", "-Xms256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.log4j_file}", "-cp",
                 str(libs_dir() / "*"), main, *args]
