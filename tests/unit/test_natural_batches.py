@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import pytest
 
 from orderflow.runtime.app import natural_batches
 from tests.helpers import async_wait_for
@@ -32,22 +33,15 @@ async def _put(context: Any, values: list[bytes]) -> list[faust.EventT]:
     return [await context.put(value, key=b"k", wait=False) for value in values]
 
 
-async def test_what_is_buffered_comes_as_one_batch_in_offset_order() -> None:
-    _, agent, batches = _app_and_agent(most=100)
+@pytest.mark.parametrize(("most", "sizes"), [(100, [10]), (4, [4, 4, 2])], ids=["one batch", "capped at most"])
+async def test_what_is_buffered_comes_in_offset_order_in_batches_of_at_most_most(most: int, sizes: list[int]) -> None:
+    _, agent, batches = _app_and_agent(most=most)
     values = [str(i).encode() for i in range(10)]
     async with agent.test_context() as context:
         await _put(context, values)
         await async_wait_for(lambda: sum(map(len, batches)) >= len(values), timeout=5, message="all handed over")
-    assert batches == [values]
-
-
-async def test_a_batch_never_holds_more_than_most() -> None:
-    _, agent, batches = _app_and_agent(most=4)
-    values = [str(i).encode() for i in range(10)]
-    async with agent.test_context() as context:
-        await _put(context, values)
-        await async_wait_for(lambda: sum(map(len, batches)) >= len(values), timeout=5, message="all handed over")
-    assert batches == [values[0:4], values[4:8], values[8:10]]
+    assert [len(batch) for batch in batches] == sizes
+    assert [value for batch in batches for value in batch] == values
 
 
 async def test_records_fetched_before_a_rebalance_are_dropped_from_the_bulk_take() -> None:
