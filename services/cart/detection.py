@@ -7,7 +7,8 @@ ABANDON_AFTER_SECONDS), and each entry carries its own due times (started_at plu
 reminders, read from PostgreSQL when the checkout is written), so one table serves every shop's delays.
 
 Two ways propose a due checkout, both only reading the table:
-- **window close**: faust's `on_window_close`, when a window expires (ABANDON_AFTER_SECONDS after it ends) - the
+- **window close**: faust's `on_window_close`, when a window expires (ABANDON_AFTER_SECONDS after it ends, at least
+  15 minutes after it starts: `service.TABLE_KEPT_AT_LEAST`) - the
   table's own mechanism, late by construction for a per-entry due time, and in faust 0.15.3 it skips keys of other
   partitions once one partition closed a later window, and forgets windows across a restart;
 - **sweep**: each worker reads its *local* partitions of the table (every FULL_SCAN_SECONDS, so a restart, a

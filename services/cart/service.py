@@ -39,6 +39,8 @@ TABLE_READY_SECONDS = 15.0
 PAYMENTS_KEPT = timedelta(days=60)
 """A payment seen stops reminders of a watch due at most 30 days after its order; kept twice that."""
 PRUNE_EVERY_SECONDS = 3600.0
+TABLE_KEPT_AT_LEAST = timedelta(minutes=15)
+"""The checkouts-due table's windows, and its changelog's retention, last at least this long (see `build`)."""
 
 
 async def write_table(write: Callable[[], object], what: str) -> None:
@@ -88,9 +90,13 @@ def build(settings: Settings) -> Runtime:
     # kept changelog offsets that faust 0.15.3's recovery then fetched "out of range" and waited for forever ("No
     # event received for active tp ... since recovery start"; the cart worker never got ready: fault loop, 2026-12-01;
     # faust-streaming issues 155, 158, 597, 651 describe this family).
+    # The same wait happened in memory once (SIGKILL fault loop, run 6 of 10, 2026-12-02): a changelog partition's
+    # only record, older than the retention (60 s with a 30 s abandon delay), was deleted between faust reading where
+    # the log starts and fetching from there; recovery then waited for that offset for ever. The retention, hence the
+    # expiry, is at least TABLE_KEPT_AT_LEAST, so only a partition idle that long can lose its records under a start.
     checkouts_due = rt.app.Table("checkouts-due", default=None, partitions=partitions, schema=json_schema,
                                  store="memory://", on_window_close=window_closed,
-                                 ).tumbling(default_after, expires=default_after * 2)
+                                 ).tumbling(default_after, expires=max(default_after * 2, TABLE_KEPT_AT_LEAST))
 
     # --- the faust table: a plain agent, so each write goes to the changelog partition of its source event ----
 
