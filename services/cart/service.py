@@ -91,9 +91,9 @@ def build(settings: Settings) -> Runtime:
     # event received for active tp ... since recovery start"; the cart worker never got ready: fault loop, 2026-12-01;
     # faust-streaming issues 155, 158, 597, 651 describe this family).
     # The same wait happened in memory once (SIGKILL fault loop, run 6 of 10, 2026-12-02): a changelog partition's
-    # only record, older than the retention (60 s with a 30 s abandon delay), was deleted between faust reading where
-    # the log starts and fetching from there; recovery then waited for that offset for ever. The retention, hence the
-    # expiry, is at least TABLE_KEPT_AT_LEAST, so only a partition idle that long can lose its records under a start.
+    # only record, older than the retention (8 s: the test's abandon delay was 4 s), was deleted between faust reading
+    # where the log starts and fetching from there; recovery then waited for that offset for ever. The retention,
+    # hence the expiry, is at least TABLE_KEPT_AT_LEAST: only a partition idle that long can lose its records so.
     checkouts_due = rt.app.Table("checkouts-due", default=None, partitions=partitions, schema=json_schema,
                                  store="memory://", on_window_close=window_closed,
                                  ).tumbling(default_after, expires=max(default_after * 2, TABLE_KEPT_AT_LEAST))
