@@ -20,7 +20,7 @@ import io
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import jinja2
@@ -83,10 +83,13 @@ def gettext_for(locale: Locale | str) -> gettext.NullTranslations:
     return translations(locale if isinstance(locale, str) else locale.language)
 
 
+@lru_cache(maxsize=4096)
 def format_money(cents: int, currency: str, locale: Locale | str) -> str:
     """Integer minor units as the locale writes an amount of that currency: `¥1,200`, `12,50 €`, `€12.50`.
 
     `cents` are the currency's minor units (DESIGN.md): 1200 JPY cents are ¥1,200, JPY having no decimals (CLDR).
+    Remembered per amount, currency and locale (a pure function; a shop's prices repeat from mail to mail): Babel's
+    formatting was 4.6 % of notify's CPU samples while it mailed a bench's burst.
     """
     amount = Decimal(cents).scaleb(-get_currency_precision(currency))
     return format_currency(amount, currency, locale=locale)

@@ -174,3 +174,9 @@ def test_the_back_office_writes_money_dates_and_texts_in_the_shop_s_language() -
         session=None, section="login", merchant_shop=None, locale=FR, language="fr", error=None, prefix="/backoffice"
     )
     assert '<html lang="fr">' in page and "<h1>Se connecter</h1>" in page and "Sign in" not in page
+
+
+def test_money_is_written_alike_from_the_first_call_to_the_remembered_ones() -> None:
+    first = [i18n.format_money(c, cur, loc) for c, cur, loc in ((1250, "EUR", "fr"), (1200, "JPY", Locale.parse("en")))]
+    again = [i18n.format_money(c, cur, loc) for c, cur, loc in ((1250, "EUR", "fr"), (1200, "JPY", Locale.parse("en")))]
+    assert first == again == ["12,50\xa0€", "¥1,200"]

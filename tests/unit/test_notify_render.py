@@ -141,3 +141,15 @@ def test_a_long_french_subject_is_folded_into_encoded_words_that_read_back_whole
     assert str(parsed["Subject"]) == subject
     assert parsed["From"].addresses[0].display_name == "Boutique Hélène"
     assert msg.header("Message-ID") == "<m@orderflow>" and parsed["To"].addresses[0].addr_spec == "ada@example.com"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=120))
+def test_a_subject_is_written_as_the_email_package_writes_it(subject: str) -> None:
+    """The shortcut for plain subjects that fit on their line writes what `Header.encode` writes."""
+    from email.header import Header
+
+    value = render.header_safe(subject)
+    plain = value.isascii() and "=?" not in value
+    expected = Header(value, "us-ascii" if plain else "utf-8", header_name="Subject").encode(linesep="\r\n")
+    assert render._encoded(value) == expected
