@@ -558,6 +558,7 @@ class Runtime(Service):
                 self._gates[tp].rolled_back()
             await self._one_by_one(spec, handler, items, start)
         self.metrics.handler_seconds.labels(spec.name).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(spec.name).observe(len(records))
 
     async def _one_by_one(self, spec: TopicSpec, handler: Handler, items: list[tuple[Record, Event | None]],
                           start: dict[Any, int | None]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -194,6 +195,8 @@ async def test_manual_order_history_holds_only_real_changes(
     metrics = (await api.get("/metrics")).text
     assert 'orderflow_order_status_changes_total{status="delivered"}' in metrics
     assert 'orderflow_events_in_total{topic="order.placed"}' in metrics
+    batches = re.search(r'^orderflow_batch_size_count\{topic="order.placed"\} (\S+)$', metrics, re.M)
+    assert batches is not None and float(batches.group(1)) >= 1  # every applied batch is counted with its size
 
 
 async def test_payment_that_does_not_match_the_total_is_recorded_and_flagged(
