@@ -168,6 +168,9 @@ class KafkaHandle:
                 str(libs_dir() / "*"), main, *args]
 
     def _write_config(self) -> None:
+        if "," in str(self.data_dir):  # else the broker reads its data folder as two and dies with a stack trace
+            raise InfraError(f"the broker's data folder {self.data_dir} holds a comma, which Kafka's log.dirs reads "
+                             f"as a list of folders: use another ORDERFLOW_RUN_DIR")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         replication, min_isr = replication_for(self.cluster_size)
         quorum = ({"controller.quorum.voters": self.voters} if self.voters

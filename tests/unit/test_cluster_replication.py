@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orderflow.infra import kafka
+from orderflow.infra.ports import InfraError
 from orderflow.stack import service_env, wanted_topics
 
 
@@ -56,3 +57,11 @@ def test_a_clusters_nodes_share_one_static_quorum_and_restart_from_their_state(t
     assert (props["offsets.topic.replication.factor"], props["min.insync.replicas"]) == ("3", "2")
     again = kafka.KafkaHandle.from_state(node.to_state())
     assert (again.node_id, again.voters, again.cluster_id, again.cluster_size) == (2, node.voters, "abc", 3)
+
+
+def test_a_data_folder_with_a_comma_is_refused_in_one_line(tmp_path) -> None:
+    """Kafka's log.dirs is a comma-separated list: such a folder would start a broker that dies on a stack trace."""
+    node = kafka.KafkaHandle(tmp_path / "run,2", 9093, 9094, tmp_path / "run,2" / "kafka-data")
+    with pytest.raises(InfraError, match="holds a comma"):
+        node._write_config()
+    assert not node.config_file.exists()
