@@ -6,12 +6,14 @@ before its task runs, as a fetch of several records would be.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from orderflow.runtime.app import natural_batches
+from orderflow.runtime.app import natural_batches, take_buffered
 from tests.helpers import async_wait_for
 
 
@@ -66,12 +68,6 @@ async def test_events_arriving_one_at_a_time_come_one_at_a_time() -> None:
 async def test_a_channel_closed_while_taking_ends_the_take_instead_of_raising() -> None:
     """faust closes a channel by throwing StopAsyncIteration into its queue when the worker stops; raised out of
     `natural_batches` (an async generator) it became a RuntimeError that crashed the agent and held the stop."""
-    from types import SimpleNamespace
-
-    from mode.utils.queues import FlowControlEvent, ThrowableQueue
-
-    from orderflow.runtime.app import take_buffered
-
     queue: ThrowableQueue = ThrowableQueue(flow_control=FlowControlEvent())
     events = [SimpleNamespace(message=SimpleNamespace(generation_id=3)) for _ in range(2)]
     for event in events:
@@ -83,4 +79,3 @@ async def test_a_channel_closed_while_taking_ends_the_take_instead_of_raising() 
     batch: list = []
     assert take_buffered(stream, batch, 10) is False  # type: ignore[arg-type]
     assert batch == []  # the close comes first (as in faust's stream): what was queued is read again by its next owner
-

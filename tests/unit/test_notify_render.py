@@ -150,6 +150,6 @@ def test_a_subject_is_written_as_the_email_package_writes_it(subject: str) -> No
     from email.header import Header
 
     value = render.header_safe(subject)
-    plain = value.isascii() and "=?" not in value
-    expected = Header(value, "us-ascii" if plain else "utf-8", header_name="Subject").encode(linesep="\r\n")
+    charset = "us-ascii" if render._plain(value) else "utf-8"
+    expected = Header(value, charset, header_name="Subject").encode(linesep="\r\n")
     assert render._encoded(value) == expected
